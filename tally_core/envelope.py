@@ -1,0 +1,341 @@
+"""The envelope: the shape of one task, never its content."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+)
+
+from tally_core.errors import InvalidFieldError
+
+__all__ = [
+    "CONTEXT_BUCKETS",
+    "KNOWN_TASK_TYPES",
+    "STRUCTURE_TYPES",
+    "Envelope",
+    "coerce_envelope",
+    "normalise_task_type",
+]
+
+KNOWN_TASK_TYPES = (
+    "code-debug",
+    "code-generation",
+    "code-review",
+    "data-analysis",
+    "creative-writing",
+    "summarisation",
+    "qa-simple",
+    "architecture-design",
+    "classification",
+    "extraction",
+    "reasoning",
+    "translation",
+    "formatting",
+    "conversation",
+)
+STRUCTURE_TYPES = ("prose", "code", "json", "list", "mixed")
+
+# Bucket -> (smallest payload in tokens, payload assumed for cost estimates).
+# A bucket is a range; the context filter needs only its lower edge, the cost
+# estimate a typical size inside it.
+CONTEXT_BUCKETS: dict[str, tuple[int, int]] = {
+    "short": (0, 1_000),
+    "medium": (4_001, 12_000),
+    "long": (32_001, 64_000),
+    "very-long": (128_001, 200_000),
+}
+_BUCKET_EDGES = ((4_000, "short"), (32_000, "medium"), (128_000, "long"))
+
+_ALIASES = {
+    "summarization": "summarisation",
+    "summarize": "summarisation",
+    "summarise": "summarisation",
+    "summary": "summarisation",
+    "qa": "qa-simple",
+    "simple-qa": "qa-simple",
+    "codegen": "code-generation",
+    "code-gen": "code-generation",
+    "debug": "code-debug",
+    "debugging": "code-debug",
+    "code-debugging": "code-debug",
+    "creative": "creative-writing",
+    "chat": "conversation",
+    "architecture": "architecture-design",
+    "data-analytics": "data-analysis",
+    "analysis": "data-analysis",
+    "classify": "classification",
+    "extract": "extraction",
+    "format": "formatting",
+    "translate": "translation",
+}
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@-]{0,127}$")
+
+
+def normalise_task_type(value: str) -> str:
+    """Fold spelling variants of a task type onto one key.
+
+    >>> normalise_task_type("Code_Generation")
+    'code-generation'
+    >>> normalise_task_type("summarization")
+    'summarisation'
+    """
+    slug = re.sub(r"[\s_]+", "-", value.strip().lower())
+    slug = _ALIASES.get(slug, slug)
+    if not _SLUG.match(slug):
+        raise ValueError(
+            f"{value!r} is not a task type: use one of {', '.join(KNOWN_TASK_TYPES)} "
+            "or a custom slug of letters, digits and '-' (at most 64 characters)"
+        )
+    return slug
+
+
+def context_bucket(tokens: int) -> str:
+    """The bucket an exact token count falls in.
+
+    >>> context_bucket(3_000), context_bucket(50_000), context_bucket(500_000)
+    ('short', 'long', 'very-long')
+    """
+    for edge, name in _BUCKET_EDGES:
+        if tokens <= edge:
+            return name
+    return "very-long"
+
+
+def _tools_bucket(n: int) -> str:
+    return "0" if n == 0 else ("1-3" if n <= 3 else "4+")
+
+
+class Envelope(BaseModel):
+    """The shape of one task, never its content.
+
+    Parameters
+    ----------
+    task_type
+        What kind of work this is. One of ``KNOWN_TASK_TYPES`` or a custom
+        slug; spelling variants fold onto one key.
+    structure_type
+        Output format: ``prose | code | json | list | mixed``.
+    context_length
+        ``short | medium | long | very-long`` or an exact token count. Models
+        whose context window cannot hold it are filtered out.
+    tools_used
+        Number of tools in scope. Above 0, models without tool calling are
+        filtered out and outcomes are learned in a cell of their own.
+    time_sensitive
+        True picks, among models that clear the floor, a faster one even when
+        it costs more.
+    quality_floor
+        Minimum acceptable quality, 0-1. A hard constraint. ``None`` means
+        parity with the best observed model for the task type.
+    org
+        Tenant. Each org learns on its own state.
+    tags
+        Free labels recorded in the ledger (never prompt text).
+    max_cost_usd
+        Drop candidates whose estimated cost for this call is higher.
+    allowed_models, allowed_providers
+        Compliance: only these models / providers may be chosen.
+    expected_output_tokens
+        Used for cost estimates; defaults to what was observed for the task.
+
+    >>> Envelope(task_type="summarization").task_type
+    'summarisation'
+    >>> Envelope(task_type="code-debug", context_length=50_000).context_bucket
+    'long'
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+
+    task_type: str
+    structure_type: Literal["prose", "code", "json", "list", "mixed"] = "prose"
+    context_length: Literal["short", "medium", "long", "very-long"] | StrictInt = "short"
+    tools_used: StrictInt = Field(default=0, ge=0, le=10_000)
+    time_sensitive: StrictBool = False
+    quality_floor: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False)
+    org: str = "default"
+    tags: tuple[str, ...] = ()
+    max_cost_usd: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
+    allowed_models: tuple[str, ...] | None = None
+    allowed_providers: tuple[str, ...] | None = None
+    expected_output_tokens: StrictInt | None = Field(default=None, ge=0, le=10_000_000)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _raise_from(exc) from None
+
+    _cell: str = PrivateAttr(default="")
+    _tokens: int = PrivateAttr(default=0)
+    _tokens_exact: bool = PrivateAttr(default=False)
+    _plan_key: tuple[Any, ...] = PrivateAttr(default=())
+
+    @field_validator("task_type", mode="before")
+    @classmethod
+    def _normalise_task(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return normalise_task_type(v)
+        return v
+
+    @field_validator("structure_type", mode="before")
+    @classmethod
+    def _lower_structure(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
+
+    @field_validator("context_length", mode="before")
+    @classmethod
+    def _check_context(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError("must be short, medium, long, very-long or a token count")
+        if isinstance(v, str):
+            v = v.strip().lower().replace("_", "-").replace(" ", "-")
+            if v == "verylong":
+                v = "very-long"
+        if isinstance(v, int) and not 0 <= v <= 100_000_000:
+            raise ValueError(f"token count must be between 0 and 100000000, got {v}")
+        return v
+
+    @field_validator("quality_floor", "max_cost_usd", mode="before")
+    @classmethod
+    def _no_bool(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError("must be a number, not a bool")
+        return v
+
+    @field_validator("org")
+    @classmethod
+    def _check_org(cls, v: str) -> str:
+        if not _ID.match(v):
+            raise ValueError(
+                "must be 1-128 characters of letters, digits and _.:/@- "
+                "starting with a letter or digit"
+            )
+        return v
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _check_tags(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = (v,)
+        if isinstance(v, (list, tuple, set, frozenset)):
+            if len(v) > 32:
+                raise ValueError("at most 32 tags")
+            for t in v:
+                if not isinstance(t, str) or not 0 < len(t) <= 64:
+                    raise ValueError("each tag must be a string of 1-64 characters")
+            return tuple(v)
+        return v
+
+    @field_validator("allowed_models", "allowed_providers", mode="before")
+    @classmethod
+    def _to_tuple(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return (v,)
+        if isinstance(v, (list, set, frozenset)):
+            return tuple(v)
+        return v
+
+    def model_post_init(self, __context: Any) -> None:
+        if isinstance(self.context_length, int):
+            bucket = context_bucket(self.context_length)
+            self._tokens, self._tokens_exact = self.context_length, True
+        else:
+            bucket = self.context_length
+            self._tokens = CONTEXT_BUCKETS[bucket][1]
+        self._cell = (
+            f"{self.structure_type}|{bucket}|{_tools_bucket(self.tools_used)}"
+            f"|{'t' if self.time_sensitive else 'n'}"
+        )
+        # Everything a routing plan depends on besides learned state. Exact
+        # token counts enter only where they change the plan (cost caps);
+        # the context filter keys on them separately.
+        exact = self._tokens if (self._tokens_exact and self.max_cost_usd is not None) else None
+        self._plan_key = (
+            self.org,
+            self.task_type,
+            self._cell,
+            self.quality_floor,
+            exact,
+            self.expected_output_tokens,
+            self.max_cost_usd,
+            self.allowed_models,
+            self.allowed_providers,
+        )
+
+    @property
+    def context_bucket(self) -> str:
+        """The context bucket, also when an exact token count was given."""
+        return self._cell.split("|")[1]
+
+    @property
+    def cell(self) -> str:
+        """Key of the context cell this envelope's outcomes are learned in."""
+        return self._cell
+
+    @property
+    def input_tokens(self) -> int:
+        """Payload size used for cost estimates (exact, or typical for the bucket)."""
+        return self._tokens
+
+    @property
+    def min_context_tokens(self) -> int:
+        """Smallest context window a model needs to take this payload."""
+        if self._tokens_exact:
+            return self._tokens
+        return CONTEXT_BUCKETS[self.context_bucket][0]
+
+
+_FIELDS = tuple(Envelope.model_fields)
+_ALLOWED_HINTS = {
+    "structure_type": "allowed: " + ", ".join(STRUCTURE_TYPES),
+    "context_length": "allowed: short, medium, long, very-long or a token count >= 0",
+}
+
+
+def _raise_from(exc: ValidationError) -> InvalidFieldError:
+    err = exc.errors(include_url=False)[0]
+    loc = err.get("loc") or ("envelope",)
+    field = str(loc[0])
+    if err["type"] == "extra_forbidden":
+        return InvalidFieldError(field, "unknown field; allowed fields: " + ", ".join(_FIELDS))
+    msg = str(err["msg"])
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    hint = _ALLOWED_HINTS.get(field)
+    if hint and hint not in msg:
+        msg = f"{msg} ({hint})"
+    return InvalidFieldError(field, f"{msg}, got {err.get('input')!r}")
+
+
+def coerce_envelope(value: Envelope | Mapping[str, Any]) -> Envelope:
+    """An ``Envelope`` from an envelope or a plain mapping, or ``InvalidFieldError``.
+
+    >>> coerce_envelope({"task_type": "qa"}).task_type
+    'qa-simple'
+    >>> coerce_envelope({"task_type": "qa", "colour": "red"})
+    Traceback (most recent call last):
+    ...
+    tally_core.errors.InvalidFieldError: colour: unknown field; allowed fields: ...
+    """
+    if isinstance(value, Envelope):
+        return value
+    if not isinstance(value, Mapping):
+        raise InvalidFieldError(
+            "envelope", f"must be an Envelope or a mapping, got {type(value).__name__}"
+        )
+    bad = next((k for k in value if not isinstance(k, str)), None)
+    if bad is not None:
+        raise InvalidFieldError("envelope", f"field names must be strings, got {bad!r}")
+    return Envelope(**value)

@@ -1,0 +1,107 @@
+"""Embedded persistent state on diskcache, shared by processes on one machine."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tally_core._state import LearnParams, Update, apply_updates, new_task_state
+from tally_core.errors import StoreError
+from tally_core.stores.base import StateStore, TaskKey, group_updates
+
+__all__ = ["DiskStore"]
+
+_KEYS = "keys"  # the set of task-state keys, so load() need not scan batch ids
+_VERSION = "version"
+_BATCH_TTL_S = 7 * 24 * 3600.0
+
+
+class DiskStore(StateStore):
+    """State in a diskcache directory (SQLite underneath).
+
+    Every ``apply`` runs in one diskcache transaction (an immediate SQLite
+    transaction), so writers in several processes serialise and none loses an
+    update. Reads go to the routing snapshot, never to disk on the hot path.
+
+    Parameters
+    ----------
+    directory
+        Where the state lives; ``~`` and ``TALLY_HOME``-style paths are fine.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        import diskcache  # not at import time: `import tally_core` stays fast
+
+        self._diskcache = diskcache
+        path = Path(directory).expanduser()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            self._cache = diskcache.Cache(str(path / "state"), timeout=60, eviction_policy="none")
+        except Exception as exc:  # permissions, a file in the way, a full disk
+            raise StoreError(f"cannot open state store at {path}: {exc}") from exc
+        self.directory = str(path)
+        self._closed = False
+
+    def apply(self, batch_id: str, updates: Sequence[Update], params: LearnParams) -> bool:
+        try:
+            with self._cache.transact():
+                bkey = f"b:{batch_id}"
+                if self._cache.get(bkey) is not None:
+                    return False
+                keys: set[TaskKey] = set(self._cache.get(_KEYS, default=set()))
+                new_keys = False
+                for key, group in group_updates(updates).items():
+                    skey = f"s:{key[0]}\x1f{key[1]}"
+                    state = self._cache.get(skey)
+                    if state is None:
+                        state = new_task_state()
+                    apply_updates(state, group, params)
+                    self._cache.set(skey, state)
+                    if key not in keys:
+                        keys.add(key)
+                        new_keys = True
+                if new_keys:
+                    self._cache.set(_KEYS, keys)
+                self._cache.set(bkey, 1, expire=_BATCH_TTL_S)
+                self._cache.incr(_VERSION, default=0)
+                return True
+        except self._diskcache.Timeout as exc:
+            raise StoreError(f"state store at {self.directory} is locked: {exc}") from exc
+        except Exception as exc:  # sqlite3.OperationalError and friends
+            raise StoreError(f"state store at {self.directory} failed: {exc}") from exc
+
+    def load(self) -> dict[TaskKey, dict[str, Any]]:
+        try:
+            with self._cache.transact():
+                keys = self._cache.get(_KEYS, default=set())
+                out: dict[TaskKey, dict[str, Any]] = {}
+                for key in keys:
+                    state = self._cache.get(f"s:{key[0]}\x1f{key[1]}")
+                    if state is not None:
+                        out[key] = state
+                return out
+        except Exception as exc:
+            raise StoreError(f"state store at {self.directory} failed: {exc}") from exc
+
+    def version(self) -> int:
+        try:
+            return int(self._cache.get(_VERSION, default=0))
+        except Exception as exc:
+            raise StoreError(f"state store at {self.directory} failed: {exc}") from exc
+
+    def reset(self, org: str | None = None, task_type: str | None = None) -> None:
+        with self._cache.transact():
+            keys: set[TaskKey] = set(self._cache.get(_KEYS, default=set()))
+            for key in list(keys):
+                if (org is None or key[0] == org) and (task_type is None or key[1] == task_type):
+                    self._cache.delete(f"s:{key[0]}\x1f{key[1]}")
+                    keys.discard(key)
+            self._cache.set(_KEYS, keys)
+            self._cache.incr(_VERSION, default=0)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._cache.close()

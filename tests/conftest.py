@@ -1,0 +1,6 @@
+from __future__ import annotations
+
+import os
+
+# LiteLLM must never try to download its price map in tests.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
