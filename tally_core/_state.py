@@ -190,9 +190,9 @@ class ArmView:
     resets: int
 
 
-# Prior: two pseudo-observations at 0.5 with a wide spread, so a handful of
+# Prior: one pseudo-observation at 0.5 with a wide spread, so a handful of
 # perfect scores does not certify a model.
-PRIOR_MEAN, PRIOR_N, PRIOR_VAR = 0.5, 2.0, 0.1
+PRIOR_MEAN, PRIOR_N, PRIOR_VAR = 0.5, 1.0, 0.1
 
 EMPTY_VIEW = ArmView(
     n=0.0,

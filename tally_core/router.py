@@ -108,7 +108,7 @@ def _num(field: str, value: Any, lo: float = 0.0, hi: float = math.inf) -> float
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidFieldError(field, f"must be a number, got {type(value).__name__}")
     v = float(value)
-    if not lo <= v <= hi:  # also rejects NaN
+    if not (math.isfinite(v) and lo <= v <= hi):
         limit = f"between {lo:g} and {hi:g}" if hi != math.inf else f">= {lo:g}"
         raise InvalidFieldError(field, f"must be {limit}, got {value!r}")
     return v
@@ -161,8 +161,10 @@ class Tally:
     confidence
         Posterior probability of clearing the floor needed to exploit a model.
     explore
-        Exploration budget: at most this share of calls try cheaper, uncertain
-        models.
+        Exploration budget, as risk: about this share of calls may be sent,
+        while exploring, to a cheaper model that turns out below the floor.
+        Candidates that are probably good are explored more (see
+        ``FloorBandit``).
     half_life
         Outcomes of a task type after which old evidence counts half.
     holdout
@@ -183,7 +185,7 @@ class Tally:
     >>> with Tally(["gpt-4o-mini", "gpt-4o"], fallback="gpt-4o", store=":memory:",
     ...            seed=1, background=False) as tally:
     ...     d = tally.route({"task_type": "summarisation", "quality_floor": 0.8})
-    ...     tally.telemetry(d, quality=0.95, input_tokens=900, output_tokens=120)
+    ...     _ = tally.telemetry(d, quality=0.95, input_tokens=900, output_tokens=120)
     ...     d.phase, tally.stats("summarisation")[0]["calls"]
     ('calibrate', 1)
     """
@@ -196,7 +198,7 @@ class Tally:
         *,
         policy: Policy | None = None,
         confidence: float = 0.9,
-        explore: float = 0.05,
+        explore: float = 0.03,
         half_life: float = 1000.0,
         holdout: float = 0.0,
         seed: int | None = None,
@@ -415,7 +417,7 @@ class Tally:
             tv = task_views.get(name)
             if (
                 tv is not None
-                and tv.error_share > 0.5
+                and tv.error_share >= 0.4
                 and tv.recent_errors >= 2.5
                 and tv.since_error < self.error_cooldown
             ):
@@ -515,9 +517,7 @@ class Tally:
             "error": error,
             **d,
         }
-        pending = self._pending.get((d["org"], d["task_type"]))
-        if pending and pending.get(d["model"], 0) > 0:
-            pending[d["model"]] -= 1
+        event["local"] = d["phase"] is not None and d["decision_id"] in self._recent
         self._queue.put(event)
         return str(event["event_id"])
 
@@ -713,6 +713,12 @@ class Tally:
         for did, q, sl, ts in feedback:
             self.ledger.set_feedback(did, q, sl, ts)
         self._refresh(keys={(u.org, u.task_type) for u in updates})
+        # These routes are now in the snapshot: no longer "in flight".
+        for ev in events:
+            if ev.get("local") and ev["kind"] == "call":
+                pending = self._pending.get((ev["org"], ev["task_type"]))
+                if pending and pending.get(ev["model"], 0) > 0:
+                    pending[ev["model"]] -= 1
 
     # -- the routing snapshot ------------------------------------------------
 
@@ -798,7 +804,7 @@ class Tally:
         task_views = snap["cells"][TASK_CELL] if snap else {}
         dropped = {d.model: d.reason for d in r.dropped}
         calib = {name for name, n, target in plan.calibrate if n < target}
-        explore = {name for name, _, _ in plan.explore}
+        explore = {e[0] for e in plan.explore}
         out = []
         for spec in self.catalog:
             v = task_views.get(spec.name, EMPTY_VIEW)

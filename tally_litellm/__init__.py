@@ -1,5 +1,31 @@
-"""Tally for LiteLLM: a routing strategy for ``litellm.Router`` and telemetry callbacks."""
+"""Tally for LiteLLM: a routing strategy for ``litellm.Router`` and its telemetry callback.
+
+Two lines on a router you already have::
+
+    from tally_litellm import TallyStrategy
+
+    strategy = TallyStrategy.from_router(router, fallback="gpt-4o")   # pool = the deployments
+    # or: TallyStrategy(Tally([...], fallback="gpt-4o")).install(router)
+    resp = router.completion(model="auto", messages=msgs,
+                             metadata={"tally": {"task_type": "code-debug", "quality_floor": 0.8}})
+    get_decision(resp)["decision_id"]      # also in resp._hidden_params["tally"]
+
+Every attempt is reported to Tally (tokens, latency, cost, success or the
+error class, and a score if you give a ``scorer``); late quality goes to
+``tally.feedback(decision_id, quality=...)``.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from tally_litellm._deployments import pool_from_router
+from tally_litellm.callback import TallyCallback
+from tally_litellm.strategy import DECISION_KEY, Scorer, TallyStrategy, get_decision
+
+__all__ = [
+    "DECISION_KEY",
+    "Scorer",
+    "TallyCallback",
+    "TallyStrategy",
+    "get_decision",
+    "pool_from_router",
+]

@@ -12,9 +12,11 @@ from its posterior (see ``policy.floor``):
 * **exploit** — the cheapest candidate whose P(quality >= floor) reaches
   ``confidence``. With ``time_sensitive``, the fastest cleared candidate whose
   cost is within ``latency_cost_factor`` of the cheapest cleared one.
-* **explore** — with probability ``explore``, an uncertain candidate cheaper
-  than the pick, gated by a Thompson draw: it is tried only if a sample from
-  its posterior clears the floor. Exploration is spent where it can pay off
+* **explore** — on a share of calls set by a risk budget (``explore`` divided
+  by the chance the best-value candidate is below the floor, capped at
+  ``max_explore``), an uncertain candidate cheaper than the pick, gated by a
+  Thompson draw: it is tried only if a sample from its posterior clears the
+  floor, and among those, the one with the largest expected saving. Exploration is spent where it can pay off
   (a cheaper model certified), and shrinks by itself as evidence says a
   candidate is below the floor.
 * **fallback** — nothing clears: the configured fallback model.
@@ -61,7 +63,11 @@ class FloorBandit(Policy):
     confidence
         Posterior probability of clearing the floor needed to exploit a model.
     explore
-        Share of calls (at most) spent exploring cheaper uncertain models.
+        Exploration budget, as risk: the expected share of calls that
+        exploration may send to a model below the floor. A cheaper candidate
+        that is probably good is explored on up to ``max_explore`` of calls
+        (each such call is unlikely to miss the floor); one that is probably
+        bad, on about ``explore`` of them.
     fail_below
         A model whose probability of clearing is below this is excluded.
     min_obs
@@ -81,13 +87,14 @@ class FloorBandit(Policy):
         self,
         *,
         confidence: float = 0.9,
-        explore: float = 0.05,
+        explore: float = 0.03,
         fail_below: float = 0.05,
-        min_obs: int = 5,
-        promising_obs: int = 15,
+        min_obs: int = 3,
+        promising_obs: int = 20,
         min_fail_obs: int = 3,
         parity_tolerance: float = 0.02,
         latency_cost_factor: float = 4.0,
+        max_explore: float = 0.25,
     ) -> None:
         self.confidence = _check("confidence", confidence, 0.5, 0.9999)
         self.explore = _check("explore", explore, 0.0, 0.5)
@@ -97,6 +104,7 @@ class FloorBandit(Policy):
         self.min_fail_obs = int(_check("min_fail_obs", min_fail_obs, 1, 10_000))
         self.parity_tolerance = _check("parity_tolerance", parity_tolerance, 0.0, 0.5)
         self.latency_cost_factor = _check("latency_cost_factor", latency_cost_factor, 1.0, 1e6)
+        self.max_explore = _check("max_explore", max_explore, self.explore, 1.0)
 
     def plan(
         self,
@@ -166,7 +174,7 @@ class FloorBandit(Policy):
 
         limit = math.inf if exploit is None else exploit.cost_usd
         calibrate: list[tuple[str, int, int]] = []
-        explore: list[tuple[str, float, float]] = []
+        explore: list[tuple[str, float, float, float]] = []
         for c in cands:
             v = verdicts[c.name]
             worth = c.cost_usd < limit or (parity and v == "unknown")
@@ -177,9 +185,21 @@ class FloorBandit(Policy):
             elif conf[c.name] >= 0.5 and c.view.n < self.promising_obs:
                 calibrate.append((c.name, int(c.view.n), self.promising_obs))
             if v == "uncertain" and c.cost_usd < limit:
-                explore.append((c.name, c.view.mean, c.view.se))
+                ref = limit if exploit is not None else costs[fallback] if fallback in costs else limit
+                saving = (ref - c.cost_usd) if math.isfinite(ref) else 1.0
+                explore.append((c.name, c.view.mean, max(saving, 1e-12), c.view.se))
+        # Exploration is budgeted in risk, not in calls: a candidate that is
+        # probably good may take more calls (up to max_explore) because each
+        # one is unlikely to land below the floor; the expected share of
+        # calls sent below the floor by exploration stays near `explore`.
+        rate = 0.0
+        if explore:
+            target = max(explore, key=lambda e: e[2] * conf[e[0]])
+            risk = max(1.0 - conf[target[0]], 1e-6)
+            rate = min(max(self.explore / risk, self.explore), self.max_explore)
         return Plan(
             floor=bar,
+            explore_rate=rate,
             exploit=None if exploit is None else exploit.name,
             fallback=fallback,
             confidence=conf,
@@ -201,14 +221,21 @@ class FloorBandit(Policy):
         for name, n, target in plan.calibrate:  # cheapest first
             if n + pending.get(name, 0) < target:
                 return Choice(name, "calibrate", conf.get(name, 0.0))
-        if plan.explore and plan.floor is not None and uniform() < self.explore:
-            for name, mean, se in plan.explore:
-                if mean + se * normal() >= plan.floor:
-                    return Choice(name, "explore", conf[name])
+        if plan.explore and plan.floor is not None and uniform() < plan.explore_rate:
+            # Thompson-gated, value-weighted: among cheaper uncertain models
+            # whose posterior draw clears the floor, the one with the largest
+            # expected saving (saving if certified x chance it clears).
+            best, best_value = None, 0.0
+            for name, mean, saving, se in plan.explore:
+                value = saving * conf[name]
+                if value > best_value and mean + se * normal() >= plan.floor:
+                    best, best_value = name, value
+            if best is not None:
+                return Choice(best, "explore", conf[best])
         if plan.exploit is not None:
             return Choice(plan.exploit, "exploit", conf[plan.exploit])
         return Choice(plan.fallback, "fallback", conf.get(plan.fallback, 0.0))
 
     @classmethod
     def _unit_test_params(cls) -> dict[str, Any]:
-        return {"confidence": 0.9, "explore": 0.05}
+        return {"confidence": 0.9, "explore": 0.03}

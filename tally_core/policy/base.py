@@ -48,8 +48,9 @@ class Plan:
     fallback: str  # where calls go when nothing clears
     confidence: dict[str, float]  # P(quality >= bar) per candidate
     costs: dict[str, float]
+    explore_rate: float = 0.0  # chance this call explores (when there is anything to)
     calibrate: list[tuple[str, int, int]] = field(default_factory=list)  # name, obs, target
-    explore: list[tuple[str, float, float]] = field(default_factory=list)  # name, mean, se
+    explore: list[tuple[str, float, float, float]] = field(default_factory=list)  # name, mean, saving, se
     dropped: list[Dropped] = field(default_factory=list)
     considered: list[tuple[str, float, float, float]] = field(default_factory=list)
 

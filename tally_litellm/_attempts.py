@@ -1,0 +1,124 @@
+"""One record per deployment attempt the strategy routed, keyed by LiteLLM call id.
+
+The router's retries and fallbacks call the strategy once per attempt, and
+LiteLLM logs each attempt with its own ``litellm_call_id``. The strategy sets
+that id before the attempt runs, so the logger finds the exact attempt, and
+with it the decision and the model, however late the event arrives and
+whoever else shares the request's metadata dict.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tally_core import RouteDecision
+
+__all__ = ["Attempt", "AttemptLog", "RoutedBy"]
+
+RoutedBy = Literal["tally", "fail-open", "litellm"]
+
+
+@dataclass(slots=True)
+class Attempt:
+    """What the strategy chose for one attempt, and whether its outcome arrived."""
+
+    call_id: str
+    trace_id: str | None
+    model_group: str
+    deployment_id: str | None
+    model: str | None  # pool name of the chosen deployment; None: resolve when served
+    routed_by: RoutedBy
+    task_type: str
+    org: str
+    decision: RouteDecision | None = None
+    decision_id: str | None = None
+    created: float = field(default_factory=time.monotonic)
+    reported: bool = False
+
+    def info(self) -> dict[str, Any]:
+        """The decision as plain data: request metadata, ``_hidden_params``, headers."""
+        d = self.decision
+        return {
+            "decision_id": self.decision_id,
+            "model": self.model,
+            "phase": d.phase if d is not None else None,
+            "confidence": round(d.confidence, 6) if d is not None else None,
+            "estimated_cost_usd": d.estimated_cost_usd if d is not None else None,
+            "task_type": self.task_type,
+            "org": self.org,
+            "model_group": self.model_group,
+            "deployment_id": self.deployment_id,
+            "routed_by": self.routed_by,
+            "call_id": self.call_id,
+        }
+
+
+class AttemptLog:
+    """A bounded, thread-safe map of call id to ``Attempt``.
+
+    Bounded because a stream the caller never finishes is never logged: its
+    record must not live forever.
+    """
+
+    def __init__(self, max_size: int = 100_000) -> None:
+        self.max_size = max_size
+        self._items: OrderedDict[str, Attempt] = OrderedDict()
+        self._open = 0
+        self._cond = threading.Condition()
+
+    def add(self, attempt: Attempt) -> None:
+        with self._cond:
+            old = self._items.pop(attempt.call_id, None)
+            if old is not None and not old.reported:
+                self._open -= 1
+            self._items[attempt.call_id] = attempt
+            self._open += 1
+            while len(self._items) > self.max_size:
+                _, dropped = self._items.popitem(last=False)
+                if not dropped.reported:
+                    self._open -= 1
+
+    def get(self, call_id: Any) -> Attempt | None:
+        if not isinstance(call_id, str):
+            return None
+        return self._items.get(call_id)
+
+    def claim(self, call_id: Any) -> Attempt | None:
+        """The attempt, marked reported; None if unknown or reported already."""
+        if not isinstance(call_id, str):
+            return None
+        with self._cond:
+            a = self._items.get(call_id)
+            if a is None or a.reported:
+                return None
+            a.reported = True
+            self._open -= 1
+            self._cond.notify_all()
+            return a
+
+    @property
+    def open(self) -> int:
+        """Attempts routed whose outcome has not been logged yet."""
+        return self._open
+
+    def open_since(self, since: float) -> int:
+        with self._cond:
+            return sum(1 for a in self._items.values() if not a.reported and a.created <= since)
+
+    def wait(self, since: float, timeout: float | None) -> bool:
+        """Wait until every attempt routed up to ``since`` has been logged."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._open and self.open_since_locked(since):
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(0.05 if left is None else min(left, 0.05))
+        return True
+
+    def open_since_locked(self, since: float) -> bool:
+        return any(not a.reported and a.created <= since for a in self._items.values())
