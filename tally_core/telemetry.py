@@ -102,6 +102,7 @@ class TelemetryQueue:
         self._worker: threading.Thread | None = None
         self._worker_lock = threading.Lock()
         self._retry_at = 0.0
+        self._inflight = 0
         self._retry_delay = self.retry_base_s
         self.last_error: str | None = None
 
@@ -179,7 +180,7 @@ class TelemetryQueue:
     @property
     def pending(self) -> int:
         """Events not yet applied (queued or waiting for a retry)."""
-        return len(self._queue) + sum(len(e) for _, e, _ in self._failed)
+        return len(self._queue) + self._inflight + sum(len(e) for _, e, _ in self._failed)
 
     # -- worker side ---------------------------------------------------------
 
@@ -201,9 +202,16 @@ class TelemetryQueue:
                 batch = []
                 while self._queue and len(batch) < self.batch_size:
                     batch.append(self._queue.popleft())
+                self._inflight = len(batch)
                 batch_id = uuid.uuid4().hex
-                path = self._spool_write(batch_id, batch, keep_path=True)
-                self._run_batch(batch_id, batch, path)
+                try:
+                    path = self._spool_write(batch_id, batch, keep_path=True)
+                    self._run_batch(batch_id, batch, path)
+                except Exception:  # never let the worker die with events in hand
+                    log.exception("tally telemetry worker error")
+                    self._failed.append((batch_id, batch, None))
+                finally:
+                    self._inflight = 0
             if self._shutdown and not self._queue:
                 return
 

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+
+import pytest
+
+from tally_core import DiskStore, MemoryStore, StateStore, StoreError
+from tally_core._state import LearnParams, Update
+
+P = LearnParams()
+
+
+def upd(model: str = "m", q: float | None = 1.0, task: str = "qa-simple", org: str = "default",
+        cell: str = "*") -> Update:
+    return Update(org, task, cell, model, q, q is None, 100.0, 10, 0.001)
+
+
+@pytest.fixture(params=["memory", "disk"])
+def store(request, tmp_path) -> StateStore:
+    s: StateStore = MemoryStore() if request.param == "memory" else DiskStore(tmp_path / "s")
+    yield s
+    s.close()
+
+
+def test_contract_apply_load_version(store: StateStore) -> None:
+    v0 = store.version()
+    assert store.apply("b1", [upd(q=1.0), upd(q=0.0), upd(cell="json|short|0|n")], P)
+    assert store.version() != v0
+    state = store.load()[("default", "qa-simple")]
+    assert state["clock"] == 3.0
+    arm = state["cells"]["*"]["m"]
+    assert arm[11] == 3.0  # calls, at task level
+    assert state["cells"]["json|short|0|n"]["m"][11] == 1.0
+
+
+def test_contract_batch_ids_make_replays_idempotent(store: StateStore) -> None:
+    assert store.apply("same", [upd()], P) is True
+    assert store.apply("same", [upd()], P) is False
+    assert store.load()[("default", "qa-simple")]["clock"] == 1.0
+
+
+def test_contract_load_returns_a_copy(store: StateStore) -> None:
+    store.apply("b", [upd()], P)
+    snap = store.load()
+    snap[("default", "qa-simple")]["clock"] = 99.0
+    assert store.load()[("default", "qa-simple")]["clock"] == 1.0
+
+
+def test_contract_reset(store: StateStore) -> None:
+    store.apply("b", [upd(task="a"), upd(task="b"), upd(task="a", org="acme")], P)
+    store.reset(task_type="a")
+    assert set(store.load()) == {("default", "b")}
+
+
+def test_disk_store_unopenable_path_is_a_store_error(tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StoreError):
+        DiskStore(blocker / "under-a-file")
+
+
+def _writer(path: str, worker: int, n: int) -> None:
+    s = DiskStore(path)
+    for i in range(0, n, 50):
+        s.apply(f"w{worker}-{i}", [upd(model=f"m{i % 3}") for _ in range(50)], P)
+    s.close()
+
+
+def test_four_processes_lose_no_update(tmp_path) -> None:
+    path = str(tmp_path / "shared")
+    DiskStore(path).close()
+    ctx = mp.get_context("spawn" if os.name == "nt" else "fork")
+    procs = [ctx.Process(target=_writer, args=(path, w, 2000)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    s = DiskStore(path)
+    state = s.load()[("default", "qa-simple")]
+    assert state["clock"] == 8000.0
+    assert sum(arm[11] for arm in state["cells"]["*"].values()) == 8000.0
+    s.close()
