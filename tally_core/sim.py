@@ -35,12 +35,20 @@ from tally_core.catalog import Catalog, ModelSpec
 from tally_core.errors import InvalidFieldError
 
 __all__ = [
+    "CheapestRouter",
+    "EpsilonGreedyRouter",
+    "FixedRouter",
+    "LiteLLMAdaptiveRouter",
     "OracleRouter",
     "Scenario",
     "SimResult",
     "SimRouter",
     "TallyRouter",
+    "ThompsonRouter",
+    "ThresholdRouter",
+    "baseline_routers",
     "load_scenario",
+    "run_comparison",
     "scenario_names",
     "simulate",
 ]
@@ -207,23 +215,307 @@ class TallyRouter:
 
 
 class OracleRouter:
-    """Knows the true qualities: the cheapest model meeting the floor, per call."""
+    """Knows the true qualities: the cheapest model meeting the floor, per call.
+
+    ``costs`` ranks models; it takes a model name, or a task and a model name
+    (``call_cost=True``). ``OracleRouter.for_scenario`` ranks by the catalog
+    price of the task's call (input and output tokens), not by input price.
+    """
 
     name = "oracle"
 
-    def __init__(self, truth: Callable[[TaskSpec, str], float], costs: Callable[[str], float],
-                 tolerance: float) -> None:
+    def __init__(self, truth: Callable[[TaskSpec, str], float], costs: Callable[..., float],
+                 tolerance: float, *, call_cost: bool = False) -> None:
         self._truth, self._costs, self._tol = truth, costs, tolerance
+        self._call_cost = call_cost
+
+    @classmethod
+    def for_scenario(cls, scenario: Scenario) -> OracleRouter:
+        cost = _call_cost_fn(scenario)
+        return cls(lambda t, m: t.quality[m], cost, scenario.parity_tolerance, call_cost=True)
 
     def choose(self, task: TaskSpec, envelope: dict[str, Any], pool: Sequence[str]) -> str:
         bar = _bar(task, {m: self._truth(task, m) for m in pool}, self._tol)
         ok = [m for m in pool if self._truth(task, m) >= bar]
         if not ok:
             return max(pool, key=lambda m: self._truth(task, m))
+        if self._call_cost:
+            return min(ok, key=lambda m: self._costs(task, m))
         return min(ok, key=self._costs)
 
     def observe(self, *args: Any, **kwargs: Any) -> None:
         pass
+
+
+def _catalog(scenario: Scenario) -> Catalog:
+    return Catalog([ModelSpec(**m) if isinstance(m, dict) else m for m in scenario.models])
+
+
+def _call_cost_fn(scenario: Scenario) -> Callable[[TaskSpec, str], float]:
+    """Catalog price of a task's typical call on a model (cached)."""
+    catalog = _catalog(scenario)
+    cache: dict[tuple[str, str], float] = {}
+
+    def cost(task: TaskSpec, model: str) -> float:
+        key = (task.name, model)
+        c = cache.get(key)
+        if c is None:
+            c = cache[key] = catalog[model].estimate_cost_usd(task.input_tokens, task.output_tokens)
+        return c
+
+    return cost
+
+
+def _success_bar(task: TaskSpec) -> float:
+    # Baselines that learn pass/fail need a bar; with no floor, the seed
+    # article's BanditRouter uses 0.85.
+    return task.floor if task.floor is not None else 0.85
+
+
+class FixedRouter:
+    """Always the same model (``always-best`` is the scenario's fallback)."""
+
+    def __init__(self, name: str, model: str) -> None:
+        self.name, self.model = name, model
+
+    def choose(self, task: TaskSpec, envelope: dict[str, Any], pool: Sequence[str]) -> str:
+        return self.model if self.model in pool else pool[-1]
+
+    def observe(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+class CheapestRouter:
+    """Always the cheapest model in the pool for this task's call."""
+
+    name = "always-cheapest"
+
+    def __init__(self, scenario: Scenario) -> None:
+        self._cost = _call_cost_fn(scenario)
+
+    def choose(self, task: TaskSpec, envelope: dict[str, Any], pool: Sequence[str]) -> str:
+        return min(pool, key=lambda m: self._cost(task, m))
+
+    def observe(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+#: The seed article's ``threshold_route(complexity, intent)``: intent group ->
+#: [(complexity below, tier)], last entry catches the rest. Tiers are positions
+#: in the pool sorted by the task's call cost: ``economy`` the cheapest,
+#: ``standard`` the second cheapest (the article's gpt-4o-mini), ``premium``
+#: the second most expensive (claude-sonnet), ``top`` the most expensive (gpt-4o).
+THRESHOLD_RULES: dict[str, list[tuple[float, str]]] = {
+    # "These tasks rarely need premium models"
+    "simple": [(0.7, "standard"), (2.0, "premium")],
+    # "These tasks are quality-sensitive"
+    "quality-sensitive": [(0.3, "standard"), (0.6, "premium"), (2.0, "top")],
+    "default": [(0.4, "economy"), (0.7, "standard"), (2.0, "premium")],
+}
+THRESHOLD_GROUPS: dict[str, str] = {
+    "formatting": "simple", "classification": "simple", "extraction": "simple",
+    "code-generation": "quality-sensitive", "reasoning": "quality-sensitive",
+    # Not in the article's two lists; they are as hard as code and reasoning.
+    "code-debug": "quality-sensitive", "architecture-design": "quality-sensitive",
+}
+
+
+class ThresholdRouter:
+    """The seed article's static threshold router.
+
+    Each call gets a complexity drawn uniformly from 0-1 (seeded; the article
+    takes it from a classifier), and ``THRESHOLD_RULES`` maps (task group,
+    complexity) to a price tier. It never learns.
+    """
+
+    name = "threshold"
+
+    def __init__(self, scenario: Scenario, seed: int = 0) -> None:
+        import random
+
+        self._cost = _call_cost_fn(scenario)
+        self._rng = random.Random(seed)
+
+    def choose(self, task: TaskSpec, envelope: dict[str, Any], pool: Sequence[str]) -> str:
+        complexity = self._rng.random()
+        rules = THRESHOLD_RULES[THRESHOLD_GROUPS.get(task.name, "default")]
+        tier = next(t for bound, t in rules if complexity < bound)
+        ranked = sorted(pool, key=lambda m: self._cost(task, m))
+        n = len(ranked)
+        pos = {"economy": 0, "standard": min(1, n - 1), "premium": max(n - 2, 0), "top": n - 1}
+        return ranked[pos[tier]]
+
+    def observe(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+class ThompsonRouter:
+    """The seed article's ``BanditRouter``: Thompson sampling on success.
+
+    A Beta(1, 1) per (task type, model); success is quality >= the floor (an
+    error is a failure); picks the highest draw and ignores cost.
+    """
+
+    name = "thompson"
+
+    def __init__(self, seed: int = 0) -> None:
+        import numpy as np
+
+        self._rng = np.random.default_rng(seed)
+        self._ab: dict[tuple[str, str], list[float]] = {}
+
+    def choose(self, task: TaskSpec, envelope: dict[str, Any], pool: Sequence[str]) -> str:
+        best, best_draw = pool[0], -1.0
+        for m in pool:
+            a, b = self._ab.get((task.name, m), (1.0, 1.0))
+            draw = float(self._rng.beta(a, b))
+            if draw > best_draw:
+                best, best_draw = m, draw
+        return best
+
+    def observe(
+        self, task: TaskSpec, model: str, quality: float | None, errored: bool,
+        input_tokens: int, output_tokens: int, latency_ms: float, cost_usd: float,
+    ) -> None:
+        ab = self._ab.setdefault((task.name, model), [1.0, 1.0])
+        ok = not errored and quality is not None and quality >= _success_bar(task)
+        ab[0 if ok else 1] += 1.0
+
+
+class EpsilonGreedyRouter:
+    """Epsilon-greedy on cost: the cheapest model whose running mean quality
+    clears the floor; with probability ``epsilon`` a random model.
+
+    Each model is tried ``min_obs`` times per task type first; when no model's
+    mean clears the floor, the one with the best mean. An error counts as
+    quality 0.
+    """
+
+    name = "epsilon-greedy"
+
+    def __init__(self, scenario: Scenario, seed: int = 0, epsilon: float = 0.1,
+                 min_obs: int = 3) -> None:
+        import random
+
+        self.epsilon, self.min_obs = epsilon, min_obs
+        self._cost = _call_cost_fn(scenario)
+        self._tol = scenario.parity_tolerance
+        self._rng = random.Random(seed)
+        self._stats: dict[tuple[str, str], list[float]] = {}
+
+    def choose(self, task: TaskSpec, envelope: dict[str, Any], pool: Sequence[str]) -> str:
+        if self._rng.random() < self.epsilon:
+            return pool[self._rng.randrange(len(pool))]
+        means: dict[str, float] = {}
+        for m in pool:
+            n, total = self._stats.get((task.name, m), (0.0, 0.0))
+            if n < self.min_obs:
+                return m
+            means[m] = total / n
+        bar = _bar(task, means, self._tol)
+        ok = [m for m in pool if means[m] >= bar]
+        if not ok:
+            return max(pool, key=lambda m: means[m])
+        return min(ok, key=lambda m: self._cost(task, m))
+
+    def observe(
+        self, task: TaskSpec, model: str, quality: float | None, errored: bool,
+        input_tokens: int, output_tokens: int, latency_ms: float, cost_usd: float,
+    ) -> None:
+        st = self._stats.setdefault((task.name, model), [0.0, 0.0])
+        st[0] += 1.0
+        st[1] += 0.0 if errored or quality is None else quality
+
+
+#: Tally task type -> LiteLLM ``RequestType`` value (what its regex classifier
+#: would say at best). Anything else is ``general``.
+LITELLM_REQUEST_TYPES: dict[str, str] = {
+    "code-generation": "code_generation", "code-debug": "code_generation",
+    "code-review": "code_understanding", "architecture-design": "technical_design",
+    "reasoning": "analytical_reasoning", "data-analysis": "analytical_reasoning",
+    "creative-writing": "writing", "summarisation": "writing", "translation": "writing",
+    "qa-simple": "factual_lookup", "extraction": "factual_lookup",
+}
+
+
+def litellm_available() -> bool:
+    """Whether LiteLLM's Adaptive Router can be imported."""
+    import importlib.util
+
+    return importlib.util.find_spec("litellm") is not None
+
+
+class LiteLLMAdaptiveRouter:
+    """LiteLLM's Adaptive Router (``litellm.router_strategy.adaptive_router``),
+    driven through its own bandit.
+
+    Configured as a LiteLLM user would: weights quality 0.7 / cost 0.3 (its
+    defaults), cost = input price per token (what its Router reads), quality
+    tier 1/2/3 by thirds of the pool sorted by input price, no strengths,
+    no minimum tier. Each call: the task type maps to a ``RequestType``
+    (``LITELLM_REQUEST_TYPES``), ``AdaptiveRouter.pick_model``'s own
+    ``pick_best`` chooses (with a seeded rng), and the true outcome is fed with
+    its own ``apply_delta``: +1 alpha when quality >= the floor, else +1 beta.
+    A provider error is not fed (its ``record_turn`` ignores HTTP errors).
+    Its 200-observation cap per cell applies. Needs ``litellm``.
+    """
+
+    name = "litellm-adaptive"
+
+    def __init__(self, scenario: Scenario, seed: int = 0) -> None:
+        import os
+        import random
+
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        try:
+            from litellm.router_strategy.adaptive_router import bandit
+            from litellm.router_strategy.adaptive_router.adaptive_router import AdaptiveRouter
+            from litellm.types.router import (
+                AdaptiveRouterConfig,
+                AdaptiveRouterPreferences,
+                AdaptiveRouterWeights,
+                RequestType,
+            )
+        except ImportError as exc:
+            raise ImportError("LiteLLMAdaptiveRouter needs litellm installed") from exc
+        catalog = _catalog(scenario)
+        names = scenario.model_names()
+        by_price = sorted(names, key=lambda m: catalog[m].input_cost_per_mtok or 0.0)
+        tiers = {m: 1 + (3 * i) // len(by_price) for i, m in enumerate(by_price)}
+        self._costs = {m: (catalog[m].input_cost_per_mtok or 0.0) / 1e6 for m in names}
+        self._bandit = bandit
+        self._rt = RequestType
+        self._ar = AdaptiveRouter(
+            router_name="tally-bench",
+            config=AdaptiveRouterConfig(
+                available_models=names, weights=AdaptiveRouterWeights(quality=0.7, cost=0.3)
+            ),
+            model_to_prefs={m: AdaptiveRouterPreferences(quality_tier=tiers[m]) for m in names},
+            model_to_cost=self._costs,
+        )
+        self.tiers = tiers
+        self._rng = random.Random(seed)
+
+    def _request_type(self, task: TaskSpec) -> Any:
+        return self._rt(LITELLM_REQUEST_TYPES.get(task.name, "general"))
+
+    def choose(self, task: TaskSpec, envelope: dict[str, Any], pool: Sequence[str]) -> str:
+        rt = self._request_type(task)
+        cells = {m: self._ar.cell(rt, m) for m in pool}
+        costs = {m: self._costs[m] for m in pool}
+        return str(self._bandit.pick_best(cells, costs, 0.7, 0.3, rng=self._rng))
+
+    def observe(
+        self, task: TaskSpec, model: str, quality: float | None, errored: bool,
+        input_tokens: int, output_tokens: int, latency_ms: float, cost_usd: float,
+    ) -> None:
+        if errored or quality is None:
+            return
+        rt = self._request_type(task)
+        ok = quality >= _success_bar(task)
+        self._ar._cells[(rt, model)] = self._bandit.apply_delta(
+            self._ar.cell(rt, model), 1.0 if ok else 0.0, 0.0 if ok else 1.0
+        )
 
 
 def _bar(task: TaskSpec, truths: Mapping[str, float], tol: float) -> float:
@@ -426,24 +718,25 @@ def _calibration_calls(log: list[tuple[int, str, str]], phases: list[str]) -> di
 
 def _adaptation(scenario: Scenario, log: list[tuple[int, str, str]], n: int) -> list[dict[str, Any]]:
     """For each quality event: calls of that task type after it until the router
-    stopped using a degraded model (last use), or first used an improved one."""
+    stopped relying on a degraded model, or first used an improved one."""
     out = []
     for e in scenario.events:
         if e.quality is None or e.task is None:
             continue
         t0 = int(e.at * n)
         before = scenario.tasks[e.task].quality[e.model]
-        k = 0
+        uses: list[bool] = [model == e.model for i, task, model in log
+                            if i >= t0 and task == e.task]
+        k = len(uses)
+        first_use = next((j + 1 for j, u in enumerate(uses) if u), None)
+        # Degraded: the calls until the model stops being a regular choice,
+        # i.e. from there on no window of 50 calls gives it more than 10%
+        # (what is left is bounded exploration).
         last_use = 0
-        first_use = None
-        for i, task, model in log:
-            if i < t0 or task != e.task:
-                continue
-            k += 1
-            if model == e.model:
-                last_use = k
-                if first_use is None:
-                    first_use = k
+        for j in range(k):
+            window = uses[j:j + 50]
+            if sum(window) > 5:
+                last_use = j + max(x for x, u in enumerate(window) if u) + 1
         degraded = e.quality < before
         out.append({
             "task": e.task, "model": e.model, "from": before, "to": e.quality,
@@ -452,3 +745,108 @@ def _adaptation(scenario: Scenario, log: list[tuple[int, str, str]], n: int) -> 
             "task_calls_after": k,
         })
     return out
+
+
+#: Routers ``run_comparison`` runs by default, in table order.
+ROUTER_NAMES = (
+    "tally", "oracle", "always-best", "always-cheapest", "threshold", "thompson",
+    "epsilon-greedy", "litellm-adaptive",
+)
+
+
+def baseline_routers(
+    scenario: Scenario, seed: int = 0, names: Sequence[str] = ROUTER_NAMES,
+    tally_kwargs: Mapping[str, Any] | None = None,
+) -> list[SimRouter]:
+    """The routers named (see ``ROUTER_NAMES``), built for ``scenario``.
+
+    ``litellm-adaptive`` is left out, silently, when litellm is not installed.
+    """
+    out: list[SimRouter] = []
+    for name in names:
+        if name == "tally":
+            out.append(TallyRouter(scenario, seed=seed, **dict(tally_kwargs or {})))
+        elif name == "oracle":
+            out.append(OracleRouter.for_scenario(scenario))
+        elif name == "always-best":
+            out.append(FixedRouter("always-best", scenario.fallback))
+        elif name == "always-cheapest":
+            out.append(CheapestRouter(scenario))
+        elif name == "threshold":
+            out.append(ThresholdRouter(scenario, seed=seed))
+        elif name == "thompson":
+            out.append(ThompsonRouter(seed=seed))
+        elif name == "epsilon-greedy":
+            out.append(EpsilonGreedyRouter(scenario, seed=seed))
+        elif name == "litellm-adaptive":
+            if litellm_available():
+                out.append(LiteLLMAdaptiveRouter(scenario, seed=seed))
+        else:
+            raise InvalidFieldError("routers", f"unknown router {name!r}; known: {ROUTER_NAMES}")
+    return out
+
+
+def run_comparison(
+    scenario: Scenario | str | Path,
+    seed: int = 1,
+    calls: int | None = None,
+    routers: Sequence[str] = ROUTER_NAMES,
+    tally_kwargs: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run the routers on one seeded stream; every figure, per router.
+
+    Per router: ``cost_usd``, ``cost_vs_best`` (cost / always-best's),
+    ``oracle_savings_share`` ((best - cost) / (best - oracle)), ``mean_quality``
+    (true mean of the chosen models), ``quality_vs_best``, ``violation_rate``
+    (after each task type's first ``warmup`` calls), regret against the oracle,
+    ``share`` of traffic per model, ``adaptation_calls`` per quality event, and
+    for Tally ``calibration_calls`` per task type and ``phases``.
+    ``always-best`` and ``oracle`` always run (the ratios need them).
+
+    >>> r = run_comparison("seed-landscape", seed=1, calls=300,
+    ...                    routers=("always-cheapest",))
+    >>> r["routers"]["oracle"]["oracle_savings_share"]
+    1.0
+    """
+    import time
+
+    sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+    names = list(routers)
+    for must in ("always-best", "oracle"):
+        if must not in names:
+            names.append(must)
+    built = baseline_routers(sc, seed=seed, names=names, tally_kwargs=tally_kwargs)
+    results: dict[str, SimResult] = {}
+    wall: dict[str, float] = {}
+    for r in built:
+        t0 = time.perf_counter()
+        results.update(simulate(sc, [r], seed=seed, calls=calls))
+        wall[r.name] = time.perf_counter() - t0
+        close = getattr(r, "close", None)
+        if close is not None:
+            close()
+    best, orc = results["always-best"], results["oracle"]
+    gap = best.cost_usd - orc.cost_usd
+    out: dict[str, Any] = {}
+    for name, res in results.items():
+        d = res.to_dict()
+        d.pop("per_task")
+        d.pop("router")
+        d.update(
+            cost_vs_best=res.cost_usd / best.cost_usd if best.cost_usd else float("nan"),
+            oracle_savings_share=(best.cost_usd - res.cost_usd) / gap if gap > 0 else float("nan"),
+            quality_vs_best=res.mean_quality / best.mean_quality if best.mean_quality else 0.0,
+            cost_regret_usd=res.cost_usd - orc.cost_usd,
+            violation_regret=res.violation_rate - orc.violation_rate,
+            per_task={t: {"calls": pt["calls"], "cost_usd": pt["cost_usd"],
+                          "quality": pt["quality"], "violations": pt["violations"]}
+                      for t, pt in res.per_task.items()},
+            seconds=wall[name],
+        )
+        if name != "tally":
+            d.pop("phases")
+            d.pop("calibration_calls")
+        out[name] = d
+    ordered = {n: out[n] for n in names if n in out}
+    return {"scenario": sc.name, "seed": seed, "calls": best.calls, "routers": ordered,
+            "litellm": litellm_available()}

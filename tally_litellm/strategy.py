@@ -588,7 +588,20 @@ class TallyStrategy(CustomRoutingStrategyBase):
         """
         start = time.monotonic()
         ok = self._attempts.wait(start, timeout)
-        return self.tally.flush(_left(start, timeout)) and ok
+        return self._flush_tally(start, timeout) and ok
+
+    def _flush_tally(self, start: float, timeout: float | None) -> bool:
+        # Tally.flush answers False at once while its worker thread is being
+        # started by the first telemetry call (on a LiteLLM logging thread):
+        # ask again a few times before calling it a failure.
+        for _ in range(20):
+            if self.tally.flush(_left(start, timeout)):
+                return True
+            left = _left(start, timeout)
+            if left is not None and left <= 0:
+                return False
+            time.sleep(0.005)
+        return False
 
     async def aflush(self, timeout: float | None = 5.0) -> bool:
         """``flush`` for asyncio code: LiteLLM logs async calls on the event loop."""
@@ -606,7 +619,7 @@ class TallyStrategy(CustomRoutingStrategyBase):
                 break
             await asyncio.sleep(0.01)
         ok = self._attempts.open_since(start) == 0
-        done = await asyncio.to_thread(self.tally.flush, _left(start, timeout))
+        done = await asyncio.to_thread(self._flush_tally, start, timeout)
         return done and ok
 
     def __repr__(self) -> str:
