@@ -9,7 +9,7 @@ from typing import Any
 
 from langchain_core.language_models import LanguageModelInput
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
 from langchain_core.messages.utils import count_tokens_approximately
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
@@ -70,7 +70,8 @@ class FakeChild(GenericFakeChatModel):
         self.calls.append({"stop": stop, **kwargs})
         tools = kwargs.get("tools") or []
         tin = count_tokens_approximately(messages)
-        if tools and kwargs.get("tool_choice") != "none":
+        answered = bool(messages) and isinstance(messages[-1], ToolMessage)
+        if tools and kwargs.get("tool_choice") != "none" and not answered:
             names = [t["function"]["name"] for t in tools]
             choice = kwargs.get("tool_choice")
             name = choice if choice in names else names[0]

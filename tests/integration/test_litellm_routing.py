@@ -145,7 +145,9 @@ def test_envelope_is_inferred_from_the_request(monkeypatch):
         seen = spy_route(monkeypatch, tally)
         tools = [{"type": "function", "function": {"name": n, "parameters": {"type": "object"}}}
                  for n in ("search", "fetch")]
-        router.completion(model="auto", messages=MSGS, tools=tools,
+        # _skip_mcp_handler: this LiteLLM imports the optional `mcp` package for any
+        # call with tools; the mock provider needs none of it.
+        router.completion(model="auto", messages=MSGS, tools=tools, _skip_mcp_handler=True,
                           response_format={"type": "json_object"})
         env, decision = seen[-1]
         assert env["task_type"] == "extraction"

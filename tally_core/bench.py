@@ -1,0 +1,285 @@
+"""Benchmarks: routing overhead (``overhead``) and routers compared on a
+simulated workload (``routing``, see ``tally_core.sim``).
+
+Run them with ``python -m tally_core.bench overhead`` or
+``python -m tally_core.bench routing --scenario seed-landscape --calls 20000
+--seed 1 --json out.json``. Every figure is a median over many timed
+iterations, after warm-up, in one process; absolute times drift on shared
+machines, so compare figures from the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["format_table", "import_time", "main", "overhead", "run_comparison"]
+
+_TASKS = (
+    "classification", "extraction", "summarisation", "qa-simple", "code-generation",
+    "reasoning", "architecture-design", "formatting",
+)
+
+
+def run_comparison(
+    scenario: str = "seed-landscape", seed: int = 1, calls: int | None = None,
+    routers: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """``tally_core.sim.run_comparison``; see there for the figures."""
+    from tally_core import sim
+
+    return sim.run_comparison(
+        scenario, seed=seed, calls=calls, routers=routers or sim.ROUTER_NAMES
+    )
+
+
+def _pool(size: int) -> list[Any]:
+    from tally_core.catalog import ModelSpec
+
+    return [
+        ModelSpec(name=f"bench-model-{i:03d}", input_cost_per_mtok=0.05 * (i + 1),
+                  output_cost_per_mtok=0.2 * (i + 1), context_window=128_000,
+                  supports_tools=True, provider=f"p{i % 4}")
+        for i in range(size)
+    ]
+
+
+def _envelopes() -> list[dict[str, Any]]:
+    return [{"task_type": t, "quality_floor": 0.8} for t in _TASKS]
+
+
+def _teach(tally: Any, size: int, per_model: int) -> None:
+    """Outcomes for every (task type, model): cheap models weak on hard tasks."""
+    import random
+
+    rng = random.Random(0)
+    for t_i, task in enumerate(_TASKS):
+        hard = t_i >= 4
+        for m_i in range(size):
+            name = f"bench-model-{m_i:03d}"
+            mean = (0.5 + 0.45 * m_i / max(size - 1, 1)) if hard else 0.9
+            for _ in range(per_model):
+                q = min(max(rng.gauss(mean, 0.05), 0.0), 1.0)
+                tally.telemetry(model=name, task_type=task, quality=q,
+                                input_tokens=1000, output_tokens=300)
+    tally.flush(60)
+
+
+def _pct(ns: list[int], q: float) -> float:
+    s = sorted(ns)
+    return s[min(int(q * len(s)), len(s) - 1)] / 1000.0
+
+
+def _time_route(tally: Any, iters: int, repeats: int) -> dict[str, float]:
+    envs = _envelopes()
+    k = len(envs)
+    for i in range(2000):  # warm the route caches and the interpreter
+        tally.route(envs[i % k])
+    p50s, p99s = [], []
+    clock = time.perf_counter_ns
+    for _ in range(repeats):
+        ns = []
+        for i in range(iters):
+            env = envs[i % k]
+            t0 = clock()
+            tally.route(env)
+            ns.append(clock() - t0)
+        p50s.append(_pct(ns, 0.50))
+        p99s.append(_pct(ns, 0.99))
+    return {"p50_us": statistics.median(p50s), "p99_us": statistics.median(p99s)}
+
+
+def route_latency(size: int, store: str, iters: int = 20_000, repeats: int = 5,
+                  per_model: int = 30) -> dict[str, float]:
+    """``route()`` latency (us) on a pool of ``size`` models with learned state.
+
+    ``store`` is ``"memory"`` or ``"disk"``: for disk, the state is taught on
+    one instance (applied at once), then a fresh background instance over the
+    same directory is timed, as an app replica would be.
+    """
+    from tally_core.router import Tally
+
+    pool = _pool(size)
+    fallback = pool[-1].name
+    if store == "memory":
+        with Tally(pool, fallback=fallback, store=":memory:", seed=1,
+                   background=False) as t:
+            _teach(t, size, per_model)
+            return _time_route(t, iters, repeats)
+    with tempfile.TemporaryDirectory(prefix="tally-bench-") as d:
+        with Tally(pool, fallback=fallback, store=d, seed=1, background=False) as t:
+            _teach(t, size, per_model)
+        with Tally(pool, fallback=fallback, store=d, seed=1, background=True) as t:
+            return _time_route(t, iters, repeats)
+
+
+def telemetry_latency(iters: int = 20_000, repeats: int = 3) -> dict[str, float]:
+    """``telemetry()`` time on the caller's thread (us), disk store, worker on."""
+    from tally_core.router import Tally
+
+    pool = _pool(20)
+    p50s, p99s = [], []
+    with tempfile.TemporaryDirectory(prefix="tally-bench-") as d:
+        with Tally(pool, fallback=pool[-1].name, store=d, seed=1, background=True,
+                   max_queue=10 * iters) as t:
+            envs = _envelopes()
+            clock = time.perf_counter_ns
+            for _ in range(repeats):
+                decisions = [t.route(envs[i % len(envs)]) for i in range(iters)]
+                ns = []
+                for i, dec in enumerate(decisions):
+                    t0 = clock()
+                    t.telemetry(dec, quality=0.9, input_tokens=1000, output_tokens=300,
+                                latency_ms=800.0, cost_usd=0.001 + i * 1e-9)
+                    ns.append(clock() - t0)
+                p50s.append(_pct(ns, 0.50))
+                p99s.append(_pct(ns, 0.99))
+                t.flush(120)
+    return {"p50_us": statistics.median(p50s), "p99_us": statistics.median(p99s)}
+
+
+def telemetry_throughput(n: int = 20_000) -> dict[str, float]:
+    """Events/s the background worker applies to the disk store: enqueue ``n``
+    events, then flush; wall time from the first enqueue to the flush."""
+    from tally_core.router import Tally
+
+    pool = _pool(20)
+    with tempfile.TemporaryDirectory(prefix="tally-bench-") as d:
+        with Tally(pool, fallback=pool[-1].name, store=d, seed=1, background=True,
+                   max_queue=2 * n) as t:
+            envs = _envelopes()
+            decisions = [t.route(envs[i % len(envs)]) for i in range(n)]
+            t0 = time.perf_counter()
+            for dec in decisions:
+                t.telemetry(dec, quality=0.9, input_tokens=1000, output_tokens=300)
+            t_enq = time.perf_counter()
+            ok = t.flush(300)
+            t1 = time.perf_counter()
+            counts = t.telemetry_counts
+    return {"events": n, "seconds": t1 - t0, "enqueue_seconds": t_enq - t0,
+            "events_per_s": n / (t1 - t0), "flushed": ok,
+            "applied": counts.get("applied", -1)}
+
+
+def import_time(runs: int = 5) -> dict[str, float]:
+    """``import tally_core`` in a fresh interpreter (s), median of ``runs``."""
+    code = ("import time; t = time.perf_counter(); import tally_core; "
+            "print(time.perf_counter() - t)")
+    times = []
+    for _ in range(runs):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True)
+        times.append(float(out.stdout.strip()))
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
+
+
+def machine() -> dict[str, Any]:
+    return {"python": platform.python_version(), "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count()}
+
+
+def overhead(quick: bool = False) -> dict[str, Any]:
+    """Routing overhead: ``route()`` p50/p99 (us) for 5/20/100 models in memory
+    and on disk, ``telemetry()`` caller time, worker throughput on disk, import
+    time. ``quick`` runs fewer iterations (a smoke run, not a measurement)."""
+    iters, repeats = (2_000, 1) if quick else (20_000, 5)
+    route: dict[str, dict[str, float]] = {}
+    for store in ("memory", "disk"):
+        for size in (5, 20, 100):
+            route[f"{store}/{size}"] = route_latency(
+                size, store, iters=iters, repeats=repeats, per_model=5 if quick else 30
+            )
+    return {
+        "machine": machine(),
+        "route": route,
+        "telemetry": telemetry_latency(iters=iters, repeats=1 if quick else 3),
+        "throughput": telemetry_throughput(2_000 if quick else 20_000),
+        "import": import_time(2 if quick else 5),
+        "quick": quick,
+    }
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(out)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """Plain-text table for the result of ``overhead`` or ``run_comparison``."""
+    if "routers" in result:
+        rows = []
+        for name, d in result["routers"].items():
+            share = ", ".join(f"{m} {s:.0%}" for m, s in
+                              sorted(d["share"].items(), key=lambda x: -x[1])[:3] if s >= 0.01)
+            rows.append([
+                name, f"{d['cost_usd']:.2f}", f"{d['cost_vs_best']:.3f}",
+                f"{d['oracle_savings_share']:.3f}", f"{d['mean_quality']:.3f}",
+                f"{d['quality_vs_best']:.3f}", f"{d['violation_rate']:.2%}", share,
+            ])
+        head = (f"scenario {result['scenario']}, seed {result['seed']}, "
+                f"{result['calls']} calls\n")
+        text = head + _table(
+            ["router", "cost $", "vs best", "oracle savings", "quality", "q vs best",
+             "violations", "top models"], rows)
+        tally = result["routers"].get("tally")
+        if tally:
+            text += f"\ntally calibration calls: {tally['calibration_calls']}"
+        for name, d in result["routers"].items():
+            for a in d["adaptation_calls"]:
+                text += (f"\n{name}: {a['kind']} {a['model']} on {a['task']} -> adapted after "
+                         f"{a['calls_until_adapted']} of {a['task_calls_after']} calls")
+        return text
+    rows = [[k, f"{v['p50_us']:.1f}", f"{v['p99_us']:.1f}"] for k, v in result["route"].items()]
+    rows.append(["telemetry()", f"{result['telemetry']['p50_us']:.1f}",
+                 f"{result['telemetry']['p99_us']:.1f}"])
+    text = _table(["route (store/models)", "p50 us", "p99 us"], rows)
+    tp = result["throughput"]
+    text += (f"\nworker throughput (disk): {tp['events_per_s']:.0f} events/s "
+             f"({tp['events']} events in {tp['seconds']:.2f} s)")
+    text += f"\nimport tally_core: {result['import']['median_s'] * 1000:.0f} ms (median)"
+    m = result["machine"]
+    text += f"\nmachine: {m['cpus']} CPUs, {m['processor']}, Python {m['python']}"
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tally_core.bench")
+    sub = parser.add_subparsers(dest="what", required=True)
+    o = sub.add_parser("overhead", help="route/telemetry latency, throughput, import time")
+    o.add_argument("--quick", action="store_true")
+    o.add_argument("--json", metavar="FILE")
+    r = sub.add_parser("routing", help="routers compared on a simulated workload")
+    r.add_argument("--scenario", default="seed-landscape")
+    r.add_argument("--calls", type=int, default=None)
+    r.add_argument("--seed", type=int, default=1)
+    r.add_argument("--routers", default=None, help="comma-separated router names")
+    r.add_argument("--json", metavar="FILE")
+    args = parser.parse_args(argv)
+    if args.what == "overhead":
+        result = overhead(quick=args.quick)
+    else:
+        routers = args.routers.split(",") if args.routers else None
+        result = run_comparison(args.scenario, seed=args.seed, calls=args.calls,
+                                routers=routers)
+    print(format_table(result))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
