@@ -109,7 +109,7 @@ def main() -> None:
         for i in range(150):
             chain.invoke({"task": "summarisation", "text": f"document {i}"})
             "".join(chain.stream({"task": "code-debug", "text": f"traceback {i}"}, debug))
-        chain.batch([{"task": "summarisation", "text": "a"}, {"task": "summarisation", "text": "b"}])
+        chain.batch([{"task": "summarisation", "text": t} for t in ("a", "b")])
         asyncio.run(chain.ainvoke({"task": "summarisation", "text": "async"}))
     tally.flush()
 

@@ -79,7 +79,7 @@ def _arm(cells: dict[str, Any], cell: str, model: str) -> list[float]:
         arm = models[model] = [0.0] * ARM_LEN
     elif len(arm) < ARM_LEN:  # state written by an older version
         arm.extend([0.0] * (ARM_LEN - len(arm)))
-    return arm  # type: ignore[no-any-return]
+    return arm
 
 
 def _decay(arm: list[float], clock: float, half_life: float) -> None:

@@ -8,6 +8,7 @@ map's facts shipped with Tally, then overridden by what the user gives.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterable, Mapping
 from importlib import resources
@@ -112,7 +113,9 @@ _cache: dict[str, tuple[dict[str, dict[str, Any]], str]] = {}
 _cache_lock = threading.Lock()
 
 
-def load_price_map(path: str | Path | None = None) -> tuple[dict[str, dict[str, Any]], str]:
+def load_price_map(
+    path: str | os.PathLike[str] | None = None,
+) -> tuple[dict[str, dict[str, Any]], str]:
     """Facts per model name, and where they came from.
 
     Reads ``path`` if given, else LiteLLM's bundled map when LiteLLM is
@@ -137,7 +140,9 @@ def load_price_map(path: str | Path | None = None) -> tuple[dict[str, dict[str, 
             text = resources.files("tally_core").joinpath("data", _SNAPSHOT).read_text("utf-8")
             snap = json.loads(text)
             cols = snap["columns"]
-            facts = {name: dict(zip(cols, row)) for name, row in snap["models"].items()}
+            facts = {
+                name: dict(zip(cols, row, strict=True)) for name, row in snap["models"].items()
+            }
             source = f"tally-snapshot:{snap['taken_from']}"
         _cache[key] = (facts, source)
         return facts, source
@@ -160,7 +165,7 @@ class Catalog:
         self,
         models: Iterable[str | ModelSpec | Mapping[str, Any]],
         *,
-        price_map: str | Path | None = None,
+        price_map: str | os.PathLike[str] | None = None,
     ) -> None:
         items = list(models)
         if not items:

@@ -35,13 +35,26 @@ class _DemoRouter:
         self._last = self.tally.route(envelope)
         return str(self._last.model)
 
-    def observe(self, task: Any, model: str, quality: float | None, errored: bool,
-                input_tokens: int, output_tokens: int, latency_ms: float,
-                cost_usd: float) -> None:
+    def observe(
+        self,
+        task: Any,
+        model: str,
+        quality: float | None,
+        errored: bool,
+        input_tokens: int,
+        output_tokens: int,
+        latency_ms: float,
+        cost_usd: float,
+    ) -> None:
         self.tally.telemetry(
-            self._last, quality=quality, success=not errored,
-            error="ProviderError" if errored else None, input_tokens=input_tokens,
-            output_tokens=output_tokens, latency_ms=latency_ms, cost_usd=cost_usd,
+            self._last,
+            quality=quality,
+            success=not errored,
+            error="ProviderError" if errored else None,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            latency_ms=latency_ms,
+            cost_usd=cost_usd,
         )
         self.calls += 1
         if self.calls % 25 == 0:
@@ -85,7 +98,7 @@ def demo(
     except TallyError as exc:
         raise typer.BadParameter(str(exc), param_hint="--scenario") from None
     where = store or default_home()
-    tally = Tally([m for m in sc.models], fallback=sc.fallback, store=where, seed=seed)  # type: ignore[misc]
+    tally = Tally([m for m in sc.models], fallback=sc.fallback, store=where, seed=seed)
     if fresh:
         tally.store.reset()
         tally.refresh()
@@ -96,8 +109,13 @@ def demo(
 
         with Progress(console=console, transient=True) as progress:
             bar = progress.add_task("routing", total=calls)
-            res = simulate(sc, [_Always(sc.fallback), router], seed=seed, calls=calls,
-                           progress=lambda i: progress.update(bar, completed=i))
+            res = simulate(
+                sc,
+                [_Always(sc.fallback), router],
+                seed=seed,
+                calls=calls,
+                progress=lambda i: progress.update(bar, completed=i),
+            )
     else:
         res = simulate(sc, [_Always(sc.fallback), router], seed=seed, calls=calls)
     tally.flush(10.0)
@@ -131,7 +149,8 @@ def stats(
     task_type: str = typer.Argument(..., help="Task type, e.g. code-debug."),
     store: str = typer.Option(None, help="State directory (default $TALLY_HOME or ~/.tally)."),
     models: str = typer.Option(
-        None, help="Comma-separated pool (default: every model the store has seen)."),
+        None, help="Comma-separated pool (default: every model the store has seen)."
+    ),
     floor: float = typer.Option(None, min=0.0, max=1.0, help="Quality floor to judge against."),
     org: str = typer.Option("default", help="Org (tenant)."),
 ) -> None:
@@ -172,9 +191,11 @@ def stats(
         table.add_column(col)
     for r in rows:
         table.add_row(
-            r["model"], str(r["calls"]),
+            r["model"],
+            str(r["calls"]),
             "-" if r["mean_quality"] is None else f"{r['mean_quality']:.3f}",
-            f"{r['confidence']:.2f}", r["phase"],
+            f"{r['confidence']:.2f}",
+            r["phase"],
             "-" if r["mean_latency_ms"] is None else f"{r['mean_latency_ms']:.0f}",
             f"{r['cost_usd']:.4f}",
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 __all__ = ["Dropped", "Phase", "RouteDecision"]
@@ -61,7 +61,7 @@ class RouteDecision:
     holdout: bool = False
     dropped: tuple[Dropped, ...] = ()
     considered: tuple[tuple[str, float, float, float], ...] = ()  # name, mean, n, cost
-    envelope: dict[str, Any] = field(default_factory=dict)
+    envelope: Any = None  # the Envelope routed (not serialised: routing stays cheap)
     created_at: float = 0.0
 
     def explain(self) -> str:

@@ -164,7 +164,8 @@ class Ledger:
         batch_size: int = 1000,
     ) -> Iterator[dict[str, Any]]:
         """Rows in time order, filtered; streamed in batches so any size fits."""
-        where, args = [], []  # type: ignore[var-annotated]
+        where: list[str] = []
+        args: list[Any] = []
         if since is not None:
             where.append("ts >= ?")
             args.append(since)
@@ -211,7 +212,7 @@ def _encode(col: str, value: Any) -> Any:
 
 
 def _decode(row: Sequence[Any]) -> dict[str, Any]:
-    out = dict(zip(_NAMES, row))
+    out = dict(zip(_NAMES, row, strict=True))
     for col in _JSON_COLS:
         if out[col] is not None:
             out[col] = json.loads(out[col])

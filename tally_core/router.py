@@ -38,8 +38,8 @@ from tally_core.errors import (
     UnknownDecisionError,
 )
 from tally_core.ledger import Ledger
-from tally_core.policy.base import Candidate, Plan, Policy
 from tally_core.policy.bandit import FloorBandit
+from tally_core.policy.base import Candidate, Plan, Policy
 from tally_core.policy.floor import prob_clears
 from tally_core.stores.base import StateStore, TaskKey
 from tally_core.stores.disk import DiskStore
@@ -213,19 +213,22 @@ class Tally:
         self.catalog = Catalog(models, price_map=price_map)
         if fallback is None:
             fallback = max(
-                self.catalog, key=lambda s: (s.output_cost_per_mtok or 0, s.input_cost_per_mtok or 0)
+                self.catalog,
+                key=lambda s: (s.output_cost_per_mtok or 0, s.input_cost_per_mtok or 0),
             ).name
         elif not isinstance(fallback, str):
             raise InvalidFieldError("fallback", f"must be a model name, got {fallback!r}")
         if fallback not in self.catalog:
             self.catalog.add(fallback)
         self.fallback = fallback
-        self.policy = policy if policy is not None else FloorBandit(
-            confidence=confidence, explore=explore
+        self.policy = (
+            policy if policy is not None else FloorBandit(confidence=confidence, explore=explore)
         )
         if not isinstance(self.policy, Policy):
             raise InvalidFieldError("policy", f"must be a Policy, got {type(policy).__name__}")
-        if isinstance(half_life, bool) or not (isinstance(half_life, (int, float)) and half_life >= 10):
+        if isinstance(half_life, bool) or not (
+            isinstance(half_life, (int, float)) and half_life >= 10
+        ):
             raise InvalidFieldError("half_life", f"must be a number >= 10, got {half_life!r}")
         self.learn = LearnParams(half_life=float(half_life))
         self.holdout = _num("holdout", holdout, 0.0, 0.5) or 0.0
@@ -247,8 +250,10 @@ class Tally:
         if isinstance(ledger, Ledger):
             self.ledger, self._owns_ledger = ledger, False
         else:
-            where = ledger if ledger is not None else (
-                str(Path(directory) / "ledger.sqlite3") if directory else ":memory:"
+            where = (
+                ledger
+                if ledger is not None
+                else (str(Path(directory) / "ledger.sqlite3") if directory else ":memory:")
             )
             self.ledger, self._owns_ledger = Ledger(where), True
 
@@ -276,7 +281,13 @@ class Tally:
         if directory:
             self._queue.replay_spool()
         self_ref = weakref.ref(self)
-        self._atexit = lambda: (t := self_ref()) and t.close()
+
+        def _close_at_exit() -> None:
+            t = self_ref()
+            if t is not None:
+                t.close()
+
+        self._atexit = _close_at_exit
         atexit.register(self._atexit)
 
     # -- routing -------------------------------------------------------------
@@ -304,7 +315,10 @@ class Tally:
         holdout = False
         if self.holdout and self._draws.uniform() < self.holdout:
             model, phase, conf, holdout = (
-                plan.fallback, "fallback", plan.confidence.get(plan.fallback, 0.0), True
+                plan.fallback,
+                "fallback",
+                plan.confidence.get(plan.fallback, 0.0),
+                True,
             )
         else:
             choice = self.policy.pick(plan, self._draws.uniform, self._draws.normal, pending)
@@ -398,8 +412,10 @@ class Tally:
             allowed_any = True
             if spec.context_window is not None and spec.context_window < env.min_context_tokens:
                 dropped.append(
-                    Dropped(name, f"context window {spec.context_window} < "
-                                  f"{env.min_context_tokens} tokens")
+                    Dropped(
+                        name,
+                        f"context window {spec.context_window} < {env.min_context_tokens} tokens",
+                    )
                 )
                 continue
             if env.tools_used > 0 and not spec.supports_tools:
@@ -547,8 +563,10 @@ class Tally:
         did = decision.decision_id if isinstance(decision, RouteDecision) else decision
         if not isinstance(did, str) or not did:
             raise InvalidFieldError("decision", f"must be a RouteDecision or its id, got {did!r}")
-        if did not in self._recent and self.ledger.get(did) is None and (
-            model is None or task_type is None
+        if (
+            did not in self._recent
+            and self.ledger.get(did) is None
+            and (model is None or task_type is None)
         ):
             raise UnknownDecisionError(
                 "decision",
@@ -576,7 +594,8 @@ class Tally:
             d = self._recent.get(decision) if decision else None
         else:
             raise InvalidFieldError(
-                "decision", f"must be a RouteDecision, its id or None, got {type(decision).__name__}"
+                "decision",
+                f"must be a RouteDecision, its id or None, got {type(decision).__name__}",
             )
         if d is not None:
             env = d.envelope
@@ -640,16 +659,37 @@ class Tally:
                 if orig is not None:
                     prev = orig.get("quality_applied")
                     updates.append(
-                        Update(orig["org"], orig["task_type"], orig["cell"] or TASK_CELL,
-                               orig["model"], q, False, None, None, 0.0,
-                               replaces=prev, at=orig.get("clock"), outcome_only=prev is None)
+                        Update(
+                            orig["org"],
+                            orig["task_type"],
+                            orig["cell"] or TASK_CELL,
+                            orig["model"],
+                            q,
+                            False,
+                            None,
+                            None,
+                            0.0,
+                            replaces=prev,
+                            at=orig.get("clock"),
+                            outcome_only=prev is None,
+                        )
                     )
                     orig["quality_applied"] = q
                     feedback.append((ev["decision_id"], q, ev["slugs"], ev["ts"]))
                 else:  # no call on record: count the quality on its own
                     updates.append(
-                        Update(ev["org"], ev["task_type"], ev["cell"], ev["model"], q, False,
-                               None, None, 0.0, outcome_only=True)
+                        Update(
+                            ev["org"],
+                            ev["task_type"],
+                            ev["cell"],
+                            ev["model"],
+                            q,
+                            False,
+                            None,
+                            None,
+                            0.0,
+                            outcome_only=True,
+                        )
                     )
                 continue
             q, success, error = ev["quality"], ev["success"], ev["error"]
@@ -676,8 +716,17 @@ class Tally:
                     else 0.0
                 )
             updates.append(
-                Update(ev["org"], ev["task_type"], ev["cell"], ev["model"], q, errored,
-                       ev["latency_ms"], ev["output_tokens"], cost)
+                Update(
+                    ev["org"],
+                    ev["task_type"],
+                    ev["cell"],
+                    ev["model"],
+                    q,
+                    errored,
+                    ev["latency_ms"],
+                    ev["output_tokens"],
+                    cost,
+                )
             )
             env = ev.get("envelope") or {}
             row = {
@@ -757,7 +806,9 @@ class Tally:
     def _views_of(self, state: dict[str, Any]) -> dict[str, Any]:
         clock = state["clock"]
         cells_out: dict[str, dict[str, ArmView]] = {}
-        task = {m: arm_view(a, clock, self.learn) for m, a in state["cells"].get(TASK_CELL, {}).items()}
+        task = {
+            m: arm_view(a, clock, self.learn) for m, a in state["cells"].get(TASK_CELL, {}).items()
+        }
         cells_out[TASK_CELL] = task
         for cell, arms in state["cells"].items():
             if cell == TASK_CELL:
@@ -768,9 +819,7 @@ class Tally:
                 t = task.get(m)
                 # Back off to the task level while the cell is sparse or says
                 # the same thing; use the cell once it clearly differs.
-                if t is None or (
-                    v.n >= self.cell_min_obs and abs(v.mean - t.mean) > 2.0 * v.se
-                ):
+                if t is None or (v.n >= self.cell_min_obs and abs(v.mean - t.mean) > 2.0 * v.se):
                     merged[m] = v
             cells_out[cell] = merged
         return {"clock": clock, "cells": cells_out}
@@ -794,9 +843,10 @@ class Tally:
         ``cost_usd``, ``error_share``, ``est_cost_usd``.
         """
         env = self._envelope(
-            envelope, {} if envelope is not None else {
-                "task_type": task_type, "org": org, "quality_floor": quality_floor
-            }
+            envelope,
+            {}
+            if envelope is not None
+            else {"task_type": task_type, "org": org, "quality_floor": quality_floor},
         )
         r = self._make_route(env)
         plan = r.plan

@@ -199,7 +199,7 @@ class TelemetryQueue:
             self._wake.clear()
             self._retry_failed()
             while self._queue:
-                batch = []
+                batch: list[dict[str, Any]] = []
                 while self._queue and len(batch) < self.batch_size:
                     batch.append(self._queue.popleft())
                 self._inflight = len(batch)

@@ -235,8 +235,6 @@ class ChatTally(BaseChatModel):
                 "models", f"no chat model for the fallback {self.tally.fallback!r}"
             )
         default = dict(self.envelope)
-        if isinstance(self.envelope, Envelope):  # pragma: no cover - pydantic coerces
-            default = self.envelope.model_dump(exclude_unset=True)
         default.setdefault("task_type", DEFAULT_TASK_TYPE)
         Envelope(**default)  # raises InvalidFieldError naming the bad field
         self._default = default
@@ -533,7 +531,9 @@ class ChatTally(BaseChatModel):
             extra["tags"] = self.tags
         if self.metadata and set(self.metadata) != {"lc_versions"}:
             extra["metadata"] = self.metadata
-        return merge_configs(config, extra) if extra else ensure_config(config)
+        # ensure_config first: a call made without a config inherits the
+        # enclosing run's config from the context, callbacks included.
+        return merge_configs(ensure_config(config), extra) if extra else ensure_config(config)
 
     @staticmethod
     def _tally_metadata(call: _Call) -> dict[str, Any]:
@@ -822,12 +822,12 @@ def _as_chunk(message: BaseMessage) -> BaseMessageChunk:
 def _can_call_tools(model: BaseChatModel) -> bool:
     if type(model).bind_tools is BaseChatModel.bind_tools:
         return False
-    profile = model.profile
+    profile = getattr(model, "profile", None)  # langchain-core >= 1.1
     return not (isinstance(profile, dict) and profile.get("tool_calling") is False)
 
 
 def _max_input_tokens(model: BaseChatModel) -> int | None:
-    profile = model.profile
+    profile = getattr(model, "profile", None)  # langchain-core >= 1.1
     if isinstance(profile, dict):
         value = profile.get("max_input_tokens")
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:

@@ -60,7 +60,9 @@ class FakeChild(GenericFakeChatModel):
     )
     calls: list[dict[str, Any]] = Field(default_factory=list, exclude=True)
 
-    def bind_tools(self, tools, *, tool_choice=None, **kwargs) -> Runnable[LanguageModelInput, AIMessage]:
+    def bind_tools(
+        self, tools, *, tool_choice=None, **kwargs
+    ) -> Runnable[LanguageModelInput, AIMessage]:
         formatted = [convert_to_openai_tool(t) for t in tools]
         if tool_choice is not None:
             kwargs["tool_choice"] = tool_choice
@@ -95,9 +97,12 @@ class FakeChild(GenericFakeChatModel):
         )
 
     def _generate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
-        return ChatResult(generations=[ChatGeneration(message=self._answer(messages, stop, **kwargs))])
+        message = self._answer(messages, stop, **kwargs)
+        return ChatResult(generations=[ChatGeneration(message=message)])
 
-    def _stream(self, messages, stop=None, run_manager=None, **kwargs) -> Iterator[ChatGenerationChunk]:
+    def _stream(
+        self, messages, stop=None, run_manager=None, **kwargs
+    ) -> Iterator[ChatGenerationChunk]:
         msg = self._answer(messages, stop, **kwargs)
         if msg.tool_calls:
             tc = msg.tool_calls[0]

@@ -13,8 +13,13 @@ from pathlib import Path
 
 from tally_core.catalog import _facts, _litellm_map_path
 
-COLUMNS = ["input_cost_per_mtok", "output_cost_per_mtok", "context_window", "supports_tools",
-           "provider"]
+COLUMNS = [
+    "input_cost_per_mtok",
+    "output_cost_per_mtok",
+    "context_window",
+    "supports_tools",
+    "provider",
+]
 
 
 def main() -> None:

@@ -16,7 +16,8 @@ from its posterior (see ``policy.floor``):
   by the chance the best-value candidate is below the floor, capped at
   ``max_explore``), an uncertain candidate cheaper than the pick, gated by a
   Thompson draw: it is tried only if a sample from its posterior clears the
-  floor, and among those, the one with the largest expected saving. Exploration is spent where it can pay off
+  floor, and among those, the one with the largest expected saving.
+  Exploration is spent where it can pay off
   (a cheaper model certified), and shrinks by itself as evidence says a
   candidate is below the floor.
 * **fallback** — nothing clears: the configured fallback model.
@@ -139,6 +140,7 @@ class FloorBandit(Policy):
             bar = floor
 
         verdicts: dict[str, str] = {}
+        v: str
         conf: dict[str, float] = {}
         dropped: list[Dropped] = []
         for c in cands:
@@ -185,7 +187,13 @@ class FloorBandit(Policy):
             elif conf[c.name] >= 0.5 and c.view.n < self.promising_obs:
                 calibrate.append((c.name, int(c.view.n), self.promising_obs))
             if v == "uncertain" and c.cost_usd < limit:
-                ref = limit if exploit is not None else costs[fallback] if fallback in costs else limit
+                ref = (
+                    limit
+                    if exploit is not None
+                    else costs[fallback]
+                    if fallback in costs
+                    else limit
+                )
                 saving = (ref - c.cost_usd) if math.isfinite(ref) else 1.0
                 explore.append((c.name, c.view.mean, max(saving, 1e-12), c.view.se))
         # Exploration is budgeted in risk, not in calls: a candidate that is

@@ -50,7 +50,9 @@ class Plan:
     costs: dict[str, float]
     explore_rate: float = 0.0  # chance this call explores (when there is anything to)
     calibrate: list[tuple[str, int, int]] = field(default_factory=list)  # name, obs, target
-    explore: list[tuple[str, float, float, float]] = field(default_factory=list)  # name, mean, saving, se
+    explore: list[tuple[str, float, float, float]] = field(
+        default_factory=list
+    )  # name, mean, saving, se
     dropped: list[Dropped] = field(default_factory=list)
     considered: list[tuple[str, float, float, float]] = field(default_factory=list)
 

@@ -6,13 +6,5 @@ from tally_core.stores.base import StateStore
 from tally_core.stores.disk import DiskStore
 from tally_core.stores.memory import MemoryStore
 
-__all__ = ["DiskStore", "MemoryStore", "RedisStore", "StateStore"]
+__all__ = ["DiskStore", "MemoryStore", "StateStore"]
 
-
-def __getattr__(name: str) -> object:
-    # RedisStore imports redis; load it only when asked for.
-    if name == "RedisStore":
-        from tally_core.stores.redis import RedisStore
-
-        return RedisStore
-    raise AttributeError(name)

@@ -38,11 +38,18 @@ def test_snapshot_is_used_without_litellm(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_custom_model_and_override() -> None:
-    cat = Catalog([
-        ModelSpec(name="my-llama", input_cost_per_mtok=0.2, output_cost_per_mtok=0.6,
-                  context_window=8192, supports_tools=False),
-        ModelSpec(name="gpt-4o", input_cost_per_mtok=2.0),
-    ])
+    cat = Catalog(
+        [
+            ModelSpec(
+                name="my-llama",
+                input_cost_per_mtok=0.2,
+                output_cost_per_mtok=0.6,
+                context_window=8192,
+                supports_tools=False,
+            ),
+            ModelSpec(name="gpt-4o", input_cost_per_mtok=2.0),
+        ]
+    )
     assert cat["my-llama"].context_window == 8192
     assert cat["gpt-4o"].input_cost_per_mtok == 2.0  # user wins
     assert cat["gpt-4o"].output_cost_per_mtok == pytest.approx(10.0)  # map fills the rest
@@ -59,9 +66,11 @@ def test_unknown_model_without_prices_fails_at_construction() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"input_cost_per_mtok": -1.0}, "input_cost_per_mtok"),
-     ({"context_window": 0}, "context_window"),
-     ({"bogus": 1}, "bogus")],
+    [
+        ({"input_cost_per_mtok": -1.0}, "input_cost_per_mtok"),
+        ({"context_window": 0}, "context_window"),
+        ({"bogus": 1}, "bogus"),
+    ],
 )
 def test_bad_model_spec(kwargs: dict, field: str) -> None:
     with pytest.raises(InvalidFieldError) as info:

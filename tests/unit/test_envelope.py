@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from tally_core import Envelope, InvalidFieldError
 from tally_core.envelope import KNOWN_TASK_TYPES, coerce_envelope
@@ -29,8 +30,13 @@ def test_defaults_and_cell() -> None:
     assert env.tools_used == 0
     assert env.org == "default"
     assert env.cell == "prose|short|0|n"
-    env2 = Envelope(task_type="extraction", structure_type="json", context_length=50_000,
-                    tools_used=5, time_sensitive=True)
+    env2 = Envelope(
+        task_type="extraction",
+        structure_type="json",
+        context_length=50_000,
+        tools_used=5,
+        time_sensitive=True,
+    )
     assert env2.cell == "json|long|4+|t"
     assert env2.min_context_tokens == 50_000
     assert Envelope(task_type="x", context_length="medium").min_context_tokens == 4_001
@@ -83,14 +89,18 @@ def test_not_a_mapping() -> None:
 
 def test_envelope_is_frozen_and_hashable() -> None:
     env = Envelope(task_type="qa")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         env.task_type = "other"  # type: ignore[misc]
     assert hash(env) == hash(Envelope(task_type="qa-simple"))
 
 
 _values = st.one_of(
-    st.none(), st.booleans(), st.integers(-10, 10**9), st.floats(allow_nan=True),
-    st.text(max_size=20), st.lists(st.text(max_size=5), max_size=3),
+    st.none(),
+    st.booleans(),
+    st.integers(-10, 10**9),
+    st.floats(allow_nan=True),
+    st.text(max_size=20),
+    st.lists(st.text(max_size=5), max_size=3),
 )
 
 
@@ -98,9 +108,21 @@ _values = st.one_of(
 @given(
     task=st.one_of(st.sampled_from(KNOWN_TASK_TYPES), st.text(max_size=30)),
     extra=st.dictionaries(
-        st.sampled_from(["structure_type", "context_length", "tools_used", "time_sensitive",
-                         "quality_floor", "org", "tags", "max_cost_usd", "allowed_models",
-                         "expected_output_tokens", "bogus"]),
+        st.sampled_from(
+            [
+                "structure_type",
+                "context_length",
+                "tools_used",
+                "time_sensitive",
+                "quality_floor",
+                "org",
+                "tags",
+                "max_cost_usd",
+                "allowed_models",
+                "expected_output_tokens",
+                "bogus",
+            ]
+        ),
         _values,
         max_size=4,
     ),

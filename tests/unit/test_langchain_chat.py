@@ -330,17 +330,15 @@ def test_tools_route_only_to_children_that_can_call_tools(tally):
 
 
 def test_bind_tools_extra_arguments_reach_the_child_bind_tools(tally, monkeypatch):
-    kids = children()
     seen = {}
-    for name, k in kids.items():
-        original = type(k).bind_tools
+    original = FakeChild.bind_tools
 
-        def spy(self, tools, *, tool_choice=None, _orig=original, **kwargs):
-            seen.update(kwargs)
-            return _orig(self, tools, tool_choice=tool_choice)
+    def spy(self, tools, *, tool_choice=None, **kwargs):
+        seen.update(kwargs)
+        return original(self, tools, tool_choice=tool_choice)
 
-        monkeypatch.setattr(type(k), "bind_tools", spy)
-    chat = ChatTally(tally=tally, models=kids)
+    monkeypatch.setattr(FakeChild, "bind_tools", spy)
+    chat = ChatTally(tally=tally, models=children())
     chat.bind_tools([add], parallel_tool_calls=False).invoke("x")
     assert seen["parallel_tool_calls"] is False
 
@@ -508,3 +506,17 @@ def test_generic_fake_children_without_usage(tally):
     assert chat.invoke("x").content.startswith("hi ")
     (row,) = rows(tally)
     assert row["input_tokens"] is None and row["success"] == 1
+
+
+def test_called_without_config_inside_a_runnable_it_nests_in_the_enclosing_run(tally):
+    from langchain_core.runnables import RunnableLambda
+
+    outer, own = Recorder(), Recorder()
+    chat = ChatTally(tally=tally, models=children(), callbacks=[own])
+    wrapper = RunnableLambda(lambda text: chat.invoke(text))  # no config passed on
+    wrapper.invoke("hi", {"callbacks": [outer]})
+    (lam,) = [c for c in outer.chains if c["name"] == "<lambda>"]
+    (tally_run,) = [c for c in outer.chains if c["name"] == "ChatTally"]
+    assert tally_run["parent"] == lam["run_id"]
+    assert len(outer.chat) == 1 and outer.chat[0]["parent"] == tally_run["run_id"]
+    assert len(own.chat) == 1

@@ -33,8 +33,9 @@ def test_every_policy_builds_from_its_unit_test_params() -> None:
 
 def test_calibration_goes_cheapest_first_and_counts_pending() -> None:
     p = FloorBandit()
-    plan = p.plan([Candidate("big", 0.01, EMPTY_VIEW), Candidate("cheap", 0.001, EMPTY_VIEW)],
-                  0.8, "big")
+    plan = p.plan(
+        [Candidate("big", 0.01, EMPTY_VIEW), Candidate("cheap", 0.001, EMPTY_VIEW)], 0.8, "big"
+    )
     u, z = draws(0)
     assert p.pick(plan, u, z, {}).model == "cheap"
     assert p.pick(plan, u, z, {}).phase == "calibrate"
@@ -46,8 +47,11 @@ def test_exploit_is_the_cheapest_model_that_clears() -> None:
     good = view_from([0.95] * 40)
     bad = view_from([0.5] * 40)
     p = FloorBandit(explore=0.0)
-    cands = [Candidate("cheap-bad", 0.001, bad), Candidate("mid-good", 0.004, good),
-             Candidate("big-good", 0.02, good)]
+    cands = [
+        Candidate("cheap-bad", 0.001, bad),
+        Candidate("mid-good", 0.004, good),
+        Candidate("big-good", 0.02, good),
+    ]
     plan = p.plan(cands, 0.8, "big-good")
     u, z = draws(1)
     choice = p.pick(plan, u, z, {})
@@ -71,8 +75,15 @@ def test_parity_without_a_floor() -> None:
     same = view_from([0.9] * 200)
     best = view_from([0.905] * 200)
     worse = view_from([0.7] * 200)
-    plan = p.plan([Candidate("cheap", 0.001, same), Candidate("mid", 0.002, worse),
-                   Candidate("big", 0.02, best)], None, "big")
+    plan = p.plan(
+        [
+            Candidate("cheap", 0.001, same),
+            Candidate("mid", 0.002, worse),
+            Candidate("big", 0.02, best),
+        ],
+        None,
+        "big",
+    )
     assert plan.floor == pytest.approx(best.mean - 0.02)
     u, z = draws(3)
     assert p.pick(plan, u, z, {}).model == "cheap"
@@ -82,13 +93,17 @@ def test_parity_without_a_floor() -> None:
 def test_time_sensitive_pays_for_speed_within_a_bound() -> None:
     def timed(lat: float):
         state = {"clock": 0.0, "cells": {}}
-        apply_updates(state, [Update("o", "t", "*", "m", 0.95, False, lat, 10, 0.0)] * 40,
-                      LearnParams())
+        apply_updates(
+            state, [Update("o", "t", "*", "m", 0.95, False, lat, 10, 0.0)] * 40, LearnParams()
+        )
         return arm_view(state["cells"]["*"]["m"], state["clock"], LearnParams())
 
     p = FloorBandit(explore=0.0)
-    cands = [Candidate("cheap-slow", 0.001, timed(3000)), Candidate("fast", 0.003, timed(300)),
-             Candidate("faster-but-dear", 0.1, timed(100))]
+    cands = [
+        Candidate("cheap-slow", 0.001, timed(3000)),
+        Candidate("fast", 0.003, timed(300)),
+        Candidate("faster-but-dear", 0.1, timed(100)),
+    ]
     u, z = draws(4)
     assert p.pick(p.plan(cands, 0.8, "fast"), u, z, {}).model == "cheap-slow"
     plan = p.plan(cands, 0.8, "fast", time_sensitive=True)
@@ -99,8 +114,11 @@ def test_exploration_is_bounded_and_only_to_cheaper_uncertain_models() -> None:
     p = FloorBandit(explore=0.02)
     certain = view_from([0.95] * 60)
     unsure = view_from([0.85, 0.8, 0.75, 0.9, 0.8, 0.7, 0.85])
-    cands = [Candidate("cheap", 0.001, unsure), Candidate("mid", 0.004, certain),
-             Candidate("big", 0.02, unsure)]
+    cands = [
+        Candidate("cheap", 0.001, unsure),
+        Candidate("mid", 0.004, certain),
+        Candidate("big", 0.02, unsure),
+    ]
     plan = p.plan(cands, 0.8, "big")
     assert [e[0] for e in plan.explore] == ["cheap"]
     u, z = draws(5)
@@ -139,9 +157,17 @@ def test_floor_is_never_violated_by_a_model_with_evidence_of_failing(
     p = FloorBandit(**FloorBandit._unit_test_params())
     plan = p.plan(cands, floor, fallback)
     failing = {
-        c.name for c in cands
-        if verdict(c.view, floor, confidence=p.confidence, fail_below=p.fail_below,
-                   min_obs=p.min_obs, min_fail_obs=p.min_fail_obs)[0] == "fails"
+        c.name
+        for c in cands
+        if verdict(
+            c.view,
+            floor,
+            confidence=p.confidence,
+            fail_below=p.fail_below,
+            min_obs=p.min_obs,
+            min_fail_obs=p.min_fail_obs,
+        )[0]
+        == "fails"
     }
     u, z = draws(seed)
     for _ in range(300):

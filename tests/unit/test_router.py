@@ -31,27 +31,33 @@ def teach(t: Tally, task: str, quality: dict[str, float], n: int, floor: float =
     (as traffic spread over time would, so each route sees the last outcome)."""
     for _ in range(n):
         d = t.route(task_type=task, quality_floor=floor)
-        t.telemetry(d, quality=quality[d.model], input_tokens=500, output_tokens=100,
-                    latency_ms=800.0)
+        t.telemetry(
+            d, quality=quality[d.model], input_tokens=500, output_tokens=100, latency_ms=800.0
+        )
         t.flush()
 
 
 def test_the_public_contract_snippet(tmp_path) -> None:
     tally = Tally(models=POOL, fallback="gpt-4o", store=str(tmp_path / "store"))
     d: RouteDecision = tally.route(Envelope(task_type="code-debug", quality_floor=0.8))
-    assert d.model in POOL and d.decision_id and d.phase in (
-        "calibrate", "explore", "exploit", "fallback")
+    assert (
+        d.model in POOL
+        and d.decision_id
+        and d.phase in ("calibrate", "explore", "exploit", "fallback")
+    )
     assert 0.0 <= d.confidence <= 1.0 and d.estimated_cost_usd > 0
     assert "code-debug ->" in d.explain()
-    tally.telemetry(d, quality=0.9, slugs=["incomplete"], input_tokens=812, output_tokens=240,
-                    latency_ms=930.0)
+    tally.telemetry(
+        d, quality=0.9, slugs=["incomplete"], input_tokens=812, output_tokens=240, latency_ms=930.0
+    )
     tally.telemetry(d, success=False, error="timeout")
     tally.feedback(d.decision_id, quality=0.2, slugs=["hallucination"])
     assert tally.flush(timeout=5.0)
     stats = {s["model"]: s for s in tally.stats("code-debug")}
     assert stats[d.model]["calls"] == 2
     assert {"calls", "mean_quality", "confidence", "phase", "mean_latency_ms", "cost_usd"} <= set(
-        stats[d.model])
+        stats[d.model]
+    )
     rows = list(tally.ledger.rows())
     assert len(rows) == 2 and rows[0]["input_tokens"] == 812
     assert rows[0]["cost_usd"] == pytest.approx((812 * 0.15 + 240 * 0.6) / 1e6)
@@ -69,7 +75,12 @@ def test_dict_and_keyword_envelopes(tally: Tally) -> None:
 
 
 def test_learns_cheap_model_for_easy_and_holds_floor_on_hard(tally: Tally) -> None:
-    teach(tally, "classification", {"gpt-4o-mini": 0.95, "claude-haiku-4-5": 0.96, "gpt-4o": 0.97}, 200)
+    teach(
+        tally,
+        "classification",
+        {"gpt-4o-mini": 0.95, "claude-haiku-4-5": 0.96, "gpt-4o": 0.97},
+        200,
+    )
     teach(tally, "reasoning", {"gpt-4o-mini": 0.4, "claude-haiku-4-5": 0.5, "gpt-4o": 0.95}, 200)
     easy = [tally.route(task_type="classification", quality_floor=0.8) for _ in range(200)]
     hard = [tally.route(task_type="reasoning", quality_floor=0.8) for _ in range(200)]
@@ -81,8 +92,9 @@ def test_learns_cheap_model_for_easy_and_holds_floor_on_hard(tally: Tally) -> No
 
 
 def test_fallback_phase_when_no_model_clears(tally: Tally) -> None:
-    teach(tally, "legal", {"gpt-4o-mini": 0.3, "claude-haiku-4-5": 0.4, "gpt-4o": 0.6}, 60,
-          floor=0.95)
+    teach(
+        tally, "legal", {"gpt-4o-mini": 0.3, "claude-haiku-4-5": 0.4, "gpt-4o": 0.6}, 60, floor=0.95
+    )
     d = tally.route(task_type="legal", quality_floor=0.95)
     assert (d.model, d.phase) == ("gpt-4o", "fallback")
 
@@ -102,10 +114,21 @@ def test_filters_are_explained(tally: Tally) -> None:
 
 
 def test_tools_filter_custom_model() -> None:
-    with Tally(["gpt-4o", ModelSpec(name="my-llama", input_cost_per_mtok=0.2,
-                                    output_cost_per_mtok=0.6, context_window=8192,
-                                    supports_tools=False)],
-               fallback="gpt-4o", store=":memory:", background=False) as t:
+    with Tally(
+        [
+            "gpt-4o",
+            ModelSpec(
+                name="my-llama",
+                input_cost_per_mtok=0.2,
+                output_cost_per_mtok=0.6,
+                context_window=8192,
+                supports_tools=False,
+            ),
+        ],
+        fallback="gpt-4o",
+        store=":memory:",
+        background=False,
+    ) as t:
         d = t.route(task_type="extraction", tools_used=2)
         assert d.model == "gpt-4o" and "my-llama: no tool calling" in d.explain()
         assert t.route(task_type="extraction").model == "my-llama"
@@ -169,7 +192,9 @@ def test_late_feedback_replaces_quality(tally: Tally) -> None:
 def test_availability_errors_trip_a_breaker_not_the_quality(tally: Tally) -> None:
     teach(tally, "qa", {"gpt-4o-mini": 0.95, "claude-haiku-4-5": 0.95, "gpt-4o": 0.95}, 60)
     for _ in range(4):
-        tally.telemetry(model="gpt-4o-mini", task_type="qa", success=False, error="APIConnectionError")
+        tally.telemetry(
+            model="gpt-4o-mini", task_type="qa", success=False, error="APIConnectionError"
+        )
     d = tally.route(task_type="qa", quality_floor=0.8)
     assert d.model != "gpt-4o-mini"
     assert "erroring" in d.explain()
@@ -199,8 +224,9 @@ def test_seeded_runs_are_reproducible() -> None:
 
 
 def test_holdout_sends_a_share_to_the_fallback() -> None:
-    with Tally(POOL, fallback="gpt-4o", store=":memory:", seed=1, holdout=0.1,
-               background=False) as t:
+    with Tally(
+        POOL, fallback="gpt-4o", store=":memory:", seed=1, holdout=0.1, background=False
+    ) as t:
         ds = [t.route(task_type="qa") for _ in range(2000)]
     share = sum(d.holdout for d in ds) / len(ds)
     assert 0.08 < share < 0.12
@@ -224,6 +250,7 @@ def test_learning_survives_a_restart(tmp_path) -> None:
 
 def test_threads_route_and_report_every_event_once() -> None:
     with Tally(POOL, fallback="gpt-4o", store=":memory:", seed=2) as t:
+
         def work() -> None:
             for _ in range(500):
                 d = t.route(task_type="qa", quality_floor=0.8)

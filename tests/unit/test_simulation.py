@@ -15,18 +15,29 @@ THREE = {
     "models": ["gpt-4o-mini", "claude-haiku-4-5", "gpt-4o"],
     "latency_ms": {"gpt-4o-mini": 600, "claude-haiku-4-5": 500, "gpt-4o": 2000},
     "tasks": {
-        "classification": {"share": 0.35, "floor": 0.8,
-                           "quality": {"gpt-4o-mini": 0.93, "claude-haiku-4-5": 0.94,
-                                       "gpt-4o": 0.96}},
-        "summarisation": {"share": 0.25, "floor": 0.8, "input_tokens": 5000,
-                          "quality": {"gpt-4o-mini": 0.9, "claude-haiku-4-5": 0.92,
-                                      "gpt-4o": 0.94}},
-        "code-generation": {"share": 0.2, "floor": 0.85, "output_tokens": 800,
-                            "quality": {"gpt-4o-mini": 0.6, "claude-haiku-4-5": 0.9,
-                                        "gpt-4o": 0.93}},
-        "reasoning": {"share": 0.2, "floor": 0.85, "outcome": "bernoulli",
-                      "quality": {"gpt-4o-mini": 0.5, "claude-haiku-4-5": 0.68,
-                                  "gpt-4o": 0.95}},
+        "classification": {
+            "share": 0.35,
+            "floor": 0.8,
+            "quality": {"gpt-4o-mini": 0.93, "claude-haiku-4-5": 0.94, "gpt-4o": 0.96},
+        },
+        "summarisation": {
+            "share": 0.25,
+            "floor": 0.8,
+            "input_tokens": 5000,
+            "quality": {"gpt-4o-mini": 0.9, "claude-haiku-4-5": 0.92, "gpt-4o": 0.94},
+        },
+        "code-generation": {
+            "share": 0.2,
+            "floor": 0.85,
+            "output_tokens": 800,
+            "quality": {"gpt-4o-mini": 0.6, "claude-haiku-4-5": 0.9, "gpt-4o": 0.93},
+        },
+        "reasoning": {
+            "share": 0.2,
+            "floor": 0.85,
+            "outcome": "bernoulli",
+            "quality": {"gpt-4o-mini": 0.5, "claude-haiku-4-5": 0.68, "gpt-4o": 0.95},
+        },
     },
 }
 
@@ -44,8 +55,9 @@ class Always:
 
 def run(scenario: Scenario, seed: int):
     cat = Catalog(scenario.models)
-    oracle = OracleRouter(lambda t, m: t.quality[m], lambda m: cat[m].input_cost_per_mtok,
-                          scenario.parity_tolerance)
+    oracle = OracleRouter(
+        lambda t, m: t.quality[m], lambda m: cat[m].input_cost_per_mtok, scenario.parity_tolerance
+    )
     tally = TallyRouter(scenario, seed=seed)
     res = simulate(scenario, [Always(scenario.fallback), oracle, tally], seed=seed)
     tally.close()
@@ -81,9 +93,11 @@ def test_calibration_needs_few_calls_per_task_type() -> None:
 
 
 def test_a_degraded_model_is_dropped_within_150_calls() -> None:
-    data = {**THREE, "calls": 8000,
-            "events": [{"at": 0.5, "task": "classification", "model": "gpt-4o-mini",
-                        "quality": 0.55}]}
+    data = {
+        **THREE,
+        "calls": 8000,
+        "events": [{"at": 0.5, "task": "classification", "model": "gpt-4o-mini", "quality": 0.55}],
+    }
     sc = Scenario.from_dict(data)
     _, _, tally = run(sc, 4)
     (adapt,) = tally.adaptation_calls

@@ -11,8 +11,13 @@ from tally_core._state import LearnParams, Update
 P = LearnParams()
 
 
-def upd(model: str = "m", q: float | None = 1.0, task: str = "qa-simple", org: str = "default",
-        cell: str = "*") -> Update:
+def upd(
+    model: str = "m",
+    q: float | None = 1.0,
+    task: str = "qa-simple",
+    org: str = "default",
+    cell: str = "*",
+) -> Update:
     return Update(org, task, cell, model, q, q is None, 100.0, 10, 0.001)
 
 
