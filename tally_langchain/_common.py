@@ -6,10 +6,12 @@ LangChain call, so it does O(1) work and never raises into the chain.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import re
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from langchain_core.messages import BaseMessage
@@ -23,6 +25,7 @@ __all__ = [
     "Scorer",
     "error_name",
     "llm_output_tokens",
+    "aoutcome",
     "outcome",
     "send_telemetry",
     "usage_tokens",
@@ -35,10 +38,13 @@ DEFAULT_TASK_TYPE = "general"
 # skips runs that carry it, because ChatTally has already recorded them.
 TALLY_MODEL_KEY = "tally_model"
 
-Scorer = Callable[[Sequence[BaseMessage], BaseMessage], float | bool | None]
-"""``fn(messages, ai_message) -> float | bool | None``: a quality score in 0-1,
-True/False for pass/fail, or None for "no opinion" (quality may come later
-through ``tally.feedback``)."""
+Scorer = Callable[
+    [Sequence[BaseMessage], BaseMessage],
+    float | bool | None | Awaitable[float | bool | None],
+]
+"""``fn(messages, ai_message) -> float | bool | None`` (or an awaitable of one):
+a quality in 0-1, True/False for pass/fail, or None for no grade (the call
+then counts by success alone, until ``tally.feedback`` says otherwise)."""
 
 _BAD_ERROR_CHARS = re.compile(r"[^A-Za-z0-9_.:/-]+")
 
@@ -111,34 +117,74 @@ def outcome(
     message: BaseMessage | None,
     warn: LogOnce,
 ) -> dict[str, Any]:
-    """The quality part of a successful call's telemetry.
+    """The outcome part of a successful call's telemetry.
 
-    No scorer: ``{"success": True}`` (Tally counts it as quality 1 until
-    feedback replaces it). A score: ``{"quality": q}``. A scorer that returns
-    None ("no opinion"), raises or returns something else: ``{}``, so the
-    call is logged with no quality and ``tally.feedback`` can add it later.
+    ``{"success": True}``, plus ``quality`` when the scorer grades the answer.
+    A scorer that returns None, raises, or returns something that is not a
+    grade leaves the call counted by success alone (as ``tally_litellm``
+    does); ``tally.feedback`` can replace that quality later. An async
+    scorer is awaited here only when no event loop is running: on the async
+    paths, ``aoutcome`` awaits it.
     """
-    if scorer is None:
+    if scorer is None or message is None:
         return {"success": True}
-    if message is None:
-        return {}
     try:
-        result = scorer(list(messages or ()), message)
+        score = scorer(list(messages or ()), message)
+        if inspect.isawaitable(score):
+            score = _run_sync(score)
     except Exception as exc:
-        warn("scorer", "tally_langchain: the scorer raised; call recorded without quality", exc)
-        return {}
-    if result is None:
-        return {}
-    if isinstance(result, bool):
-        return {"quality": 1.0 if result else 0.0}
-    if isinstance(result, (int, float)) and 0.0 <= float(result) <= 1.0:
-        return {"quality": float(result)}
+        warn("scorer", "tally_langchain: the scorer raised; the call counts by success alone", exc)
+        return {"success": True}
+    return _graded(score, warn)
+
+
+async def aoutcome(
+    scorer: Scorer | None,
+    messages: Sequence[BaseMessage] | None,
+    message: BaseMessage | None,
+    warn: LogOnce,
+) -> dict[str, Any]:
+    """``outcome`` for async code: an async scorer is awaited."""
+    if scorer is None or message is None:
+        return {"success": True}
+    try:
+        score = scorer(list(messages or ()), message)
+        if inspect.isawaitable(score):
+            score = await score
+    except Exception as exc:
+        warn("scorer", "tally_langchain: the scorer raised; the call counts by success alone", exc)
+        return {"success": True}
+    return _graded(score, warn)
+
+
+def _graded(score: Any, warn: LogOnce) -> dict[str, Any]:
+    if score is None:
+        return {"success": True}
+    if isinstance(score, bool):
+        return {"success": True, "quality": 1.0 if score else 0.0}
+    if isinstance(score, (int, float)) and 0.0 <= float(score) <= 1.0:
+        return {"success": True, "quality": float(score)}
     warn(
         "scorer-value",
         "tally_langchain: the scorer must return a number in 0-1, a bool or None, "
-        f"got {type(result).__name__}; call recorded without quality",
+        f"got {type(score).__name__}; the call counts by success alone",
     )
-    return {}
+    return {"success": True}
+
+
+def _run_sync(awaitable: Awaitable[Any]) -> Any:
+    """Await an async scorer from sync code, which has no running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+
+        async def wait() -> Any:
+            return await awaitable
+
+        return asyncio.run(wait())
+    if inspect.iscoroutine(awaitable):
+        awaitable.close()
+    raise RuntimeError("an async scorer cannot run in a sync callback on a running event loop")
 
 
 def send_telemetry(tally: Tally, warn: LogOnce, decision: Any, **fields: Any) -> None:

@@ -77,6 +77,9 @@ class TallyCallbackHandler(BaseCallbackHandler):
         reports (for a handler attached to one model).
     scorer
         ``fn(messages, ai_message) -> float | bool | None``, as for ChatTally.
+        Callbacks are synchronous: an async scorer is awaited only in sync
+        code (on an event loop the call counts by success alone; use
+        ChatTally's scorer there).
 
     Callbacks run on the caller's thread (``run_inline``: on the event loop
     in async code); each does O(1) work and hands the record to Tally's
@@ -169,7 +172,9 @@ class TallyCallbackHandler(BaseCallbackHandler):
             model = self.model or _served_model(md, serialized)
             task_type, org = self.task_type, self.org
             per_call = md.get("tally")
-            if isinstance(per_call, Mapping):
+            if isinstance(per_call, str):
+                task_type = per_call
+            elif isinstance(per_call, Mapping):
                 task_type = per_call.get("task_type") or task_type
                 org = per_call.get("org") or org
             run = _Run(

@@ -46,6 +46,7 @@ from tally_langchain._common import (
     TALLY_MODEL_KEY,
     LogOnce,
     Scorer,
+    aoutcome,
     error_name,
     outcome,
     send_telemetry,
@@ -118,14 +119,17 @@ class ChatTally(BaseChatModel):
         among them.
     envelope
         Default envelope fields (``{"task_type": "summarisation"}``). Per call,
-        ``config={"metadata": {"tally": {...}}}`` overrides them. Without a
-        task type, calls count as ``"general"``.
+        ``config={"metadata": {"tally": {...}}}`` overrides them (a mapping,
+        an ``Envelope``, or just a task type). Without a task type, calls
+        count as ``"general"``.
     scorer
         ``fn(messages, ai_message) -> float | bool | None`` grading each
-        answer: a quality in 0-1, pass/fail, or None for no opinion. It runs
-        on the caller's thread after the call, so keep it cheap. Without a
-        scorer a successful call counts as quality 1 until
-        ``tally.feedback(decision_id, quality=...)`` replaces it.
+        answer: a quality in 0-1, or pass/fail. It may be ``async`` (awaited
+        on the async paths). It runs after the call, on the caller's thread
+        or event loop, so keep it cheap. A call it does not grade (None, an
+        error) counts by success alone -- quality 1 -- as does every call
+        without a scorer, until ``tally.feedback(decision_id, quality=...)``
+        replaces it.
     infer_envelope
         Fill fields the envelope leaves unset from the call: ``tools_used``
         from bound tools, ``structure_type="json"`` under
@@ -427,6 +431,8 @@ class ChatTally(BaseChatModel):
         if per_call is not None:
             if isinstance(per_call, Envelope):
                 per_call = per_call.model_dump(exclude_unset=True)
+            elif isinstance(per_call, str):
+                per_call = {"task_type": per_call}
             if not isinstance(per_call, Mapping):
                 raise InvalidFieldError(
                     "metadata.tally",
@@ -478,47 +484,35 @@ class ChatTally(BaseChatModel):
     def _finish(
         self,
         call: _Call,
-        message: BaseMessage | None,
-        started: float,
-        exc: BaseException | None = None,
-        tokens: tuple[int | None, int | None] | None = None,
+        latency_ms: float,
+        fields: Mapping[str, Any],
+        tokens: tuple[int | None, int | None],
     ) -> None:
-        """Report the call's outcome. O(1) plus the scorer; never raises."""
+        """Report the call's outcome: O(1), and never raises into the chain."""
         try:
-            latency_ms = (time.perf_counter() - started) * 1000.0
-            if exc is None:
-                fields = outcome(self.scorer, call.messages, message, self._warn)
-            elif isinstance(exc, _CANCELLED):
-                fields = {}  # the caller stopped early: no verdict on the model
+            d = call.decision
+            if d is not None:
+                where: dict[str, Any] = {"model": call.name if call.name != d.model else None}
             else:
-                fields = {"success": False, "error": error_name(exc)}
-            tin, tout = tokens if tokens is not None else usage_tokens(message)
-            if call.decision is not None:
-                send_telemetry(
-                    self.tally,
-                    self._warn,
-                    call.decision,
-                    model=call.name if call.name != call.decision.model else None,
-                    input_tokens=tin,
-                    output_tokens=tout,
-                    latency_ms=latency_ms,
-                    **fields,
-                )
-            else:
-                send_telemetry(
-                    self.tally,
-                    self._warn,
-                    None,
-                    model=call.name,
-                    task_type=call.task_type,
-                    org=call.org,
-                    input_tokens=tin,
-                    output_tokens=tout,
-                    latency_ms=latency_ms,
-                    **fields,
-                )
-        except Exception as err:  # never into the chain
+                where = {"model": call.name, "task_type": call.task_type, "org": call.org}
+            send_telemetry(
+                self.tally,
+                self._warn,
+                d,
+                input_tokens=tokens[0],
+                output_tokens=tokens[1],
+                latency_ms=latency_ms,
+                **where,
+                **fields,
+            )
+        except Exception as err:
             self._warn("telemetry", "tally_langchain: telemetry was not recorded", err)
+
+    def _graded(self, call: _Call, message: BaseMessage | None) -> dict[str, Any]:
+        return outcome(self.scorer, call.messages, message, self._warn)
+
+    async def _agraded(self, call: _Call, message: BaseMessage | None) -> dict[str, Any]:
+        return await aoutcome(self.scorer, call.messages, message, self._warn)
 
     # -- configs -------------------------------------------------------------
 
@@ -662,11 +656,11 @@ class ChatTally(BaseChatModel):
         try:
             message = call.runnable.invoke(input, config, stop=call.stop, **call.kwargs)
         except BaseException as exc:
-            self._finish(call, None, started, exc)
+            self._finish(call, _ms_since(started), _failed(exc), (None, None))
             raise
-        self._finish(call, message, started)
-        _stamp(message, call.meta)
-        return cast("AIMessage", message)
+        latency_ms = _ms_since(started)
+        self._finish(call, latency_ms, self._graded(call, message), usage_tokens(message))
+        return cast("AIMessage", _stamped(message, call.meta))
 
     async def _ainvoke_call(
         self, call: _Call, input: LanguageModelInput, config: RunnableConfig
@@ -675,11 +669,12 @@ class ChatTally(BaseChatModel):
         try:
             message = await call.runnable.ainvoke(input, config, stop=call.stop, **call.kwargs)
         except BaseException as exc:
-            self._finish(call, None, started, exc)
+            self._finish(call, _ms_since(started), _failed(exc), (None, None))
             raise
-        self._finish(call, message, started)
-        _stamp(message, call.meta)
-        return cast("AIMessage", message)
+        latency_ms = _ms_since(started)
+        graded = await self._agraded(call, message)
+        self._finish(call, latency_ms, graded, usage_tokens(message))
+        return cast("AIMessage", _stamped(message, call.meta))
 
     def _stream_call(
         self, call: _Call, input: LanguageModelInput, config: RunnableConfig
@@ -691,9 +686,10 @@ class ChatTally(BaseChatModel):
                 acc.add(chunk)
                 yield cast("AIMessageChunk", chunk)
         except BaseException as exc:
-            self._finish(call, acc.message, started, exc, acc.tokens)
+            self._finish(call, _ms_since(started), _failed(exc), acc.tokens)
             raise
-        self._finish(call, acc.message, started, None, acc.tokens)
+        latency_ms = _ms_since(started)
+        self._finish(call, latency_ms, self._graded(call, acc.message), acc.tokens)
 
     async def _astream_call(
         self, call: _Call, input: LanguageModelInput, config: RunnableConfig
@@ -707,9 +703,11 @@ class ChatTally(BaseChatModel):
                 acc.add(chunk)
                 yield cast("AIMessageChunk", chunk)
         except BaseException as exc:
-            self._finish(call, acc.message, started, exc, acc.tokens)
+            self._finish(call, _ms_since(started), _failed(exc), acc.tokens)
             raise
-        self._finish(call, acc.message, started, None, acc.tokens)
+        latency_ms = _ms_since(started)
+        graded = await self._agraded(call, acc.message)
+        self._finish(call, latency_ms, graded, acc.tokens)
 
     # -- the legacy paths: generate(), stream_events(version="v3") -------------
     # These go through BaseChatModel's own LLM run, so the child's run nests
@@ -798,6 +796,29 @@ class _Accumulator:
     @property
     def tokens(self) -> tuple[int | None, int | None]:
         return self._in, self._out
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0
+
+
+def _failed(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, _CANCELLED):
+        return {}  # the caller stopped early: no verdict on the model
+    return {"success": False, "error": error_name(exc)}
+
+
+def _stamped(message: BaseMessage, meta: dict[str, Any]) -> BaseMessage:
+    """A shallow copy with the decision in ``response_metadata["tally"]``.
+
+    A copy, because a child's cache may hand the same message to many calls.
+    """
+    try:
+        return message.model_copy(
+            update={"response_metadata": {**message.response_metadata, "tally": dict(meta)}}
+        )
+    except Exception:  # not a pydantic message: leave it as it is
+        return message
 
 
 def _stamp(message: BaseMessage, meta: dict[str, Any]) -> None:

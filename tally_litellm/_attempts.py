@@ -38,6 +38,7 @@ class Attempt:
     decision_id: str | None = None
     created: float = field(default_factory=time.monotonic)
     reported: bool = False
+    finished: bool = False
 
     def info(self) -> dict[str, Any]:
         """The decision as plain data: request metadata, ``_hidden_params``, headers."""
@@ -73,13 +74,13 @@ class AttemptLog:
     def add(self, attempt: Attempt) -> None:
         with self._cond:
             old = self._items.pop(attempt.call_id, None)
-            if old is not None and not old.reported:
+            if old is not None and not old.finished:
                 self._open -= 1
             self._items[attempt.call_id] = attempt
             self._open += 1
             while len(self._items) > self.max_size:
                 _, dropped = self._items.popitem(last=False)
-                if not dropped.reported:
+                if not dropped.finished:
                     self._open -= 1
 
     def get(self, call_id: Any) -> Attempt | None:
@@ -88,7 +89,10 @@ class AttemptLog:
         return self._items.get(call_id)
 
     def claim(self, call_id: Any) -> Attempt | None:
-        """The attempt, marked reported; None if unknown or reported already."""
+        """The attempt, marked reported; None if unknown or reported already.
+
+        It still counts as open (``wait`` waits for it) until ``finish``.
+        """
         if not isinstance(call_id, str):
             return None
         with self._cond:
@@ -96,9 +100,16 @@ class AttemptLog:
             if a is None or a.reported:
                 return None
             a.reported = True
-            self._open -= 1
-            self._cond.notify_all()
             return a
+
+    def finish(self, attempt: Attempt) -> None:
+        """The claimed attempt's outcome has been handed to Tally (or given up on)."""
+        with self._cond:
+            if not attempt.finished:
+                attempt.finished = True
+                if self._items.get(attempt.call_id) is attempt:
+                    self._open -= 1
+                self._cond.notify_all()
 
     @property
     def open(self) -> int:
@@ -107,7 +118,7 @@ class AttemptLog:
 
     def open_since(self, since: float) -> int:
         with self._cond:
-            return sum(1 for a in self._items.values() if not a.reported and a.created <= since)
+            return sum(1 for a in self._items.values() if not a.finished and a.created <= since)
 
     def wait(self, since: float, timeout: float | None) -> bool:
         """Wait until every attempt routed up to ``since`` has been logged."""
@@ -121,4 +132,4 @@ class AttemptLog:
         return True
 
     def open_since_locked(self, since: float) -> bool:
-        return any(not a.reported and a.created <= since for a in self._items.values())
+        return any(not a.finished and a.created <= since for a in self._items.values())

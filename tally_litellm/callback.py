@@ -78,6 +78,7 @@ class TallyCallback(CustomLogger):
     def _report(
         self, kwargs: Any, response: Any, start: Any, end: Any, *, success: bool
     ) -> None:
+        attempt = None
         try:
             found = self._outcome(kwargs, start, end, success)
             if found is None:
@@ -96,10 +97,14 @@ class TallyCallback(CustomLogger):
         except Exception:
             self._strategy._once.error("telemetry", "tally: could not report a call",
                                        exc_info=True)
+        finally:
+            if attempt is not None:
+                self._strategy._attempts.finish(attempt)
 
     async def _areport(
         self, kwargs: Any, response: Any, start: Any, end: Any, *, success: bool
     ) -> None:
+        attempt = None
         try:
             found = self._outcome(kwargs, start, end, success)
             if found is None:
@@ -118,6 +123,9 @@ class TallyCallback(CustomLogger):
         except Exception:
             self._strategy._once.error("telemetry", "tally: could not report a call",
                                        exc_info=True)
+        finally:
+            if attempt is not None:
+                self._strategy._attempts.finish(attempt)
 
     def _outcome(
         self, kwargs: Any, start: Any, end: Any, success: bool

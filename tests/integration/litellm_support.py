@@ -15,7 +15,9 @@ POOL = ["gpt-4o-mini", "claude-haiku-4-5", "gpt-4o"]
 MSGS = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-def dep(model: str, did: str, group: str = "auto", reply: Any = None, **params: Any) -> dict[str, Any]:
+def dep(
+    model: str, did: str, group: str = "auto", reply: Any = None, **params: Any
+) -> dict[str, Any]:
     """A deployment whose mock reply names it, so a test can see who served."""
     return {
         "model_name": group,

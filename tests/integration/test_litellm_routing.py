@@ -26,7 +26,9 @@ from tests.integration.litellm_support import (
 MODEL_OF = {"mini": "gpt-4o-mini", "haiku": "claude-haiku-4-5", "4o": "gpt-4o"}
 
 
-def call(router: Any, strategy: TallyStrategy, mode: str, stream: bool, **kw: Any) -> tuple[Any, str]:
+def call(
+    router: Any, strategy: TallyStrategy, mode: str, stream: bool, **kw: Any
+) -> tuple[Any, str]:
     """One completion through the router; returns the response and its text, telemetry flushed."""
     if mode == "sync":
         r = router.completion(model="auto", messages=MSGS, stream=stream, **kw)
@@ -106,8 +108,8 @@ def test_routing_follows_what_tally_learned():
 def test_allowed_models_in_metadata_pin_the_deployment():
     with installed() as (router, tally, strategy):
         for model, did in (("claude-haiku-4-5", "haiku"), ("gpt-4o", "4o")):
-            r = router.completion(model="auto", messages=MSGS,
-                                  metadata={"tally": {"task_type": "qa", "allowed_models": [model]}})
+            pin = {"task_type": "qa", "allowed_models": [model]}
+            r = router.completion(model="auto", messages=MSGS, metadata={"tally": pin})
             assert served_id(r) == did
         strategy.flush()
 

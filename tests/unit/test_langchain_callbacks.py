@@ -68,10 +68,12 @@ def test_inside_a_chain_with_per_call_task_type(tally):
     chain.invoke({"q": "hi"}, {"callbacks": [handler],
                                "metadata": {"tally": {"task_type": "code-debug", "org": "acme"}}})
     chain.batch([{"q": "a"}, {"q": "b"}], {"callbacks": [handler]})
+    chain.invoke({"q": "hi"}, {"callbacks": [handler], "metadata": {"tally": "translation"}})
     got = rows(tally)
     assert [(r["task_type"], r["org"]) for r in got] == [
         ("conversation", "default"), ("code-debug", "acme"),
         ("conversation", "default"), ("conversation", "default"),
+        ("translation", "default"),
     ]
 
 

@@ -431,8 +431,13 @@ def test_routing_failure_falls_back_and_logs_once(tally, chat, monkeypatch, capl
 def test_a_bad_per_call_envelope_fails_open(tally, chat):
     msg = chat.invoke("hi", {"metadata": {"tally": {"quality_floor": 7}}})
     assert msg.content == "answer from pricey"
-    msg = chat.invoke("hi", {"metadata": {"tally": "code-debug"}})
+    msg = chat.invoke("hi", {"metadata": {"tally": 42}})
     assert msg.content == "answer from pricey"
+
+
+def test_per_call_task_type_alone(tally, chat):
+    chat.invoke("hi", {"metadata": {"tally": "code-review"}})
+    assert rows(tally)[0]["task_type"] == "code-review"
 
 
 def test_fail_open_respects_allowed_models(tally, chat, monkeypatch):
@@ -451,7 +456,7 @@ def test_a_closed_tally_never_breaks_the_chain(tally, chat):
 
 
 @pytest.mark.parametrize(
-    ("verdict", "quality"), [(0.25, 0.25), (True, 1.0), (False, 0.0), (None, None)]
+    ("verdict", "quality"), [(0.25, 0.25), (True, 1.0), (False, 0.0), (None, 1.0)]
 )
 def test_scorer_sets_quality(tally, verdict, quality):
     seen = []
@@ -477,7 +482,24 @@ def test_a_raising_or_silly_scorer_never_breaks_the_call(tally, caplog):
     assert len([r for r in caplog.records if "scorer raised" in r.getMessage()]) == 1
     chat2 = ChatTally(tally=tally, models=children(), scorer=lambda m, a: 7)
     chat2.invoke("hi")
-    assert [r["quality"] for r in rows(tally)] == [None, None, None]
+    # counted by success alone, as without a scorer
+    assert [(r["success"], r["quality"]) for r in rows(tally)] == [(1, 1.0)] * 3
+
+
+def test_an_async_scorer_is_awaited(tally):
+    async def scorer(messages, message):
+        await asyncio.sleep(0)
+        return 0.4
+
+    chat = ChatTally(tally=tally, models=children(), scorer=scorer)
+
+    async def go():
+        await chat.ainvoke("a")
+        [c async for c in chat.astream("b")]
+
+    asyncio.run(go())
+    chat.invoke("c")  # sync code, no running loop: run to completion
+    assert [r["quality"] for r in rows(tally)] == [0.4, 0.4, 0.4]
 
 
 def test_late_feedback_joins_by_the_decision_id_on_the_message(tally, chat):
@@ -515,8 +537,20 @@ def test_called_without_config_inside_a_runnable_it_nests_in_the_enclosing_run(t
     chat = ChatTally(tally=tally, models=children(), callbacks=[own])
     wrapper = RunnableLambda(lambda text: chat.invoke(text))  # no config passed on
     wrapper.invoke("hi", {"callbacks": [outer]})
-    (lam,) = [c for c in outer.chains if c["name"] == "<lambda>"]
+    (lam,) = [c for c in outer.chains if c["name"] == "RunnableLambda"]
     (tally_run,) = [c for c in outer.chains if c["name"] == "ChatTally"]
     assert tally_run["parent"] == lam["run_id"]
     assert len(outer.chat) == 1 and outer.chat[0]["parent"] == tally_run["run_id"]
     assert len(own.chat) == 1
+
+
+@pytest.mark.filterwarnings("ignore::langchain_core._api.beta_decorator.LangChainBetaWarning")
+def test_stream_events_v3_routes_and_records_once(tally, chat):
+    from tally_langchain import TallyCallbackHandler
+
+    handler = TallyCallbackHandler(tally)
+    cfg = {"callbacks": [handler], "metadata": {"tally": "code-debug"}}
+    stream = chat.stream_events("hi", cfg, version="v3")
+    assert stream.output.text.startswith("answer from")
+    (row,) = rows(tally)
+    assert row["task_type"] == "code-debug" and row["decision_id"] and row["output_tokens"] == 3
