@@ -25,30 +25,41 @@ from typing import Any
 __all__ = ["format_table", "import_time", "main", "overhead", "run_comparison"]
 
 _TASKS = (
-    "classification", "extraction", "summarisation", "qa-simple", "code-generation",
-    "reasoning", "architecture-design", "formatting",
+    "classification",
+    "extraction",
+    "summarisation",
+    "qa-simple",
+    "code-generation",
+    "reasoning",
+    "architecture-design",
+    "formatting",
 )
 
 
 def run_comparison(
-    scenario: str = "seed-landscape", seed: int = 1, calls: int | None = None,
+    scenario: str = "seed-landscape",
+    seed: int = 1,
+    calls: int | None = None,
     routers: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """``tally_core.sim.run_comparison``; see there for the figures."""
     from tally_core import sim
 
-    return sim.run_comparison(
-        scenario, seed=seed, calls=calls, routers=routers or sim.ROUTER_NAMES
-    )
+    return sim.run_comparison(scenario, seed=seed, calls=calls, routers=routers or sim.ROUTER_NAMES)
 
 
 def _pool(size: int) -> list[Any]:
     from tally_core.catalog import ModelSpec
 
     return [
-        ModelSpec(name=f"bench-model-{i:03d}", input_cost_per_mtok=0.05 * (i + 1),
-                  output_cost_per_mtok=0.2 * (i + 1), context_window=128_000,
-                  supports_tools=True, provider=f"p{i % 4}")
+        ModelSpec(
+            name=f"bench-model-{i:03d}",
+            input_cost_per_mtok=0.05 * (i + 1),
+            output_cost_per_mtok=0.2 * (i + 1),
+            context_window=128_000,
+            supports_tools=True,
+            provider=f"p{i % 4}",
+        )
         for i in range(size)
     ]
 
@@ -69,8 +80,9 @@ def _teach(tally: Any, size: int, per_model: int) -> None:
             mean = (0.5 + 0.45 * m_i / max(size - 1, 1)) if hard else 0.9
             for _ in range(per_model):
                 q = min(max(rng.gauss(mean, 0.05), 0.0), 1.0)
-                tally.telemetry(model=name, task_type=task, quality=q,
-                                input_tokens=1000, output_tokens=300)
+                tally.telemetry(
+                    model=name, task_type=task, quality=q, input_tokens=1000, output_tokens=300
+                )
     tally.flush(60)
 
 
@@ -98,8 +110,9 @@ def _time_route(tally: Any, iters: int, repeats: int) -> dict[str, float]:
     return {"p50_us": statistics.median(p50s), "p99_us": statistics.median(p99s)}
 
 
-def route_latency(size: int, store: str, iters: int = 20_000, repeats: int = 5,
-                  per_model: int = 30) -> dict[str, float]:
+def route_latency(
+    size: int, store: str, iters: int = 20_000, repeats: int = 5, per_model: int = 30
+) -> dict[str, float]:
     """``route()`` latency (us) on a pool of ``size`` models with learned state.
 
     ``store`` is ``"memory"`` or ``"disk"``: for disk, the state is taught on
@@ -111,8 +124,7 @@ def route_latency(size: int, store: str, iters: int = 20_000, repeats: int = 5,
     pool = _pool(size)
     fallback = pool[-1].name
     if store == "memory":
-        with Tally(pool, fallback=fallback, store=":memory:", seed=1,
-                   background=False) as t:
+        with Tally(pool, fallback=fallback, store=":memory:", seed=1, background=False) as t:
             _teach(t, size, per_model)
             return _time_route(t, iters, repeats)
     with tempfile.TemporaryDirectory(prefix="tally-bench-") as d:
@@ -129,8 +141,9 @@ def telemetry_latency(iters: int = 20_000, repeats: int = 3) -> dict[str, float]
     pool = _pool(20)
     p50s, p99s = [], []
     with tempfile.TemporaryDirectory(prefix="tally-bench-") as d:
-        with Tally(pool, fallback=pool[-1].name, store=d, seed=1, background=True,
-                   max_queue=10 * iters) as t:
+        with Tally(
+            pool, fallback=pool[-1].name, store=d, seed=1, background=True, max_queue=10 * iters
+        ) as t:
             envs = _envelopes()
             clock = time.perf_counter_ns
             for _ in range(repeats):
@@ -138,8 +151,14 @@ def telemetry_latency(iters: int = 20_000, repeats: int = 3) -> dict[str, float]
                 ns = []
                 for i, dec in enumerate(decisions):
                     t0 = clock()
-                    t.telemetry(dec, quality=0.9, input_tokens=1000, output_tokens=300,
-                                latency_ms=800.0, cost_usd=0.001 + i * 1e-9)
+                    t.telemetry(
+                        dec,
+                        quality=0.9,
+                        input_tokens=1000,
+                        output_tokens=300,
+                        latency_ms=800.0,
+                        cost_usd=0.001 + i * 1e-9,
+                    )
                     ns.append(clock() - t0)
                 p50s.append(_pct(ns, 0.50))
                 p99s.append(_pct(ns, 0.99))
@@ -154,8 +173,9 @@ def telemetry_throughput(n: int = 20_000) -> dict[str, float]:
 
     pool = _pool(20)
     with tempfile.TemporaryDirectory(prefix="tally-bench-") as d:
-        with Tally(pool, fallback=pool[-1].name, store=d, seed=1, background=True,
-                   max_queue=2 * n) as t:
+        with Tally(
+            pool, fallback=pool[-1].name, store=d, seed=1, background=True, max_queue=2 * n
+        ) as t:
             envs = _envelopes()
             decisions = [t.route(envs[i % len(envs)]) for i in range(n)]
             t0 = time.perf_counter()
@@ -165,27 +185,35 @@ def telemetry_throughput(n: int = 20_000) -> dict[str, float]:
             ok = t.flush(300)
             t1 = time.perf_counter()
             counts = t.telemetry_counts
-    return {"events": n, "seconds": t1 - t0, "enqueue_seconds": t_enq - t0,
-            "events_per_s": n / (t1 - t0), "flushed": ok,
-            "applied": counts.get("applied", -1)}
+    return {
+        "events": n,
+        "seconds": t1 - t0,
+        "enqueue_seconds": t_enq - t0,
+        "events_per_s": n / (t1 - t0),
+        "flushed": ok,
+        "applied": counts.get("applied", -1),
+    }
 
 
 def import_time(runs: int = 5) -> dict[str, float]:
     """``import tally_core`` in a fresh interpreter (s), median of ``runs``."""
-    code = ("import time; t = time.perf_counter(); import tally_core; "
-            "print(time.perf_counter() - t)")
+    code = "import time; t = time.perf_counter(); import tally_core; print(time.perf_counter() - t)"
     times = []
     for _ in range(runs):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
         times.append(float(out.stdout.strip()))
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
 
 
 def machine() -> dict[str, Any]:
-    return {"python": platform.python_version(), "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count()}
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+    }
 
 
 def overhead(quick: bool = False) -> dict[str, Any]:
@@ -211,9 +239,9 @@ def overhead(quick: bool = False) -> dict[str, Any]:
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=False))
     out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) for r in rows]
     return "\n".join(out)
 
 
@@ -222,33 +250,61 @@ def format_table(result: dict[str, Any]) -> str:
     if "routers" in result:
         rows = []
         for name, d in result["routers"].items():
-            share = ", ".join(f"{m} {s:.0%}" for m, s in
-                              sorted(d["share"].items(), key=lambda x: -x[1])[:3] if s >= 0.01)
-            rows.append([
-                name, f"{d['cost_usd']:.2f}", f"{d['cost_vs_best']:.3f}",
-                f"{d['oracle_savings_share']:.3f}", f"{d['mean_quality']:.3f}",
-                f"{d['quality_vs_best']:.3f}", f"{d['violation_rate']:.2%}", share,
-            ])
-        head = (f"scenario {result['scenario']}, seed {result['seed']}, "
-                f"{result['calls']} calls\n")
+            share = ", ".join(
+                f"{m} {s:.0%}"
+                for m, s in sorted(d["share"].items(), key=lambda x: -x[1])[:3]
+                if s >= 0.01
+            )
+            rows.append(
+                [
+                    name,
+                    f"{d['cost_usd']:.2f}",
+                    f"{d['cost_vs_best']:.3f}",
+                    f"{d['oracle_savings_share']:.3f}",
+                    f"{d['mean_quality']:.3f}",
+                    f"{d['quality_vs_best']:.3f}",
+                    f"{d['violation_rate']:.2%}",
+                    share,
+                ]
+            )
+        head = f"scenario {result['scenario']}, seed {result['seed']}, {result['calls']} calls\n"
         text = head + _table(
-            ["router", "cost $", "vs best", "oracle savings", "quality", "q vs best",
-             "violations", "top models"], rows)
+            [
+                "router",
+                "cost $",
+                "vs best",
+                "oracle savings",
+                "quality",
+                "q vs best",
+                "violations",
+                "top models",
+            ],
+            rows,
+        )
         tally = result["routers"].get("tally")
         if tally:
             text += f"\ntally calibration calls: {tally['calibration_calls']}"
         for name, d in result["routers"].items():
             for a in d["adaptation_calls"]:
-                text += (f"\n{name}: {a['kind']} {a['model']} on {a['task']} -> adapted after "
-                         f"{a['calls_until_adapted']} of {a['task_calls_after']} calls")
+                text += (
+                    f"\n{name}: {a['kind']} {a['model']} on {a['task']} -> adapted after "
+                    f"{a['calls_until_adapted']} of {a['task_calls_after']} calls"
+                )
         return text
     rows = [[k, f"{v['p50_us']:.1f}", f"{v['p99_us']:.1f}"] for k, v in result["route"].items()]
-    rows.append(["telemetry()", f"{result['telemetry']['p50_us']:.1f}",
-                 f"{result['telemetry']['p99_us']:.1f}"])
+    rows.append(
+        [
+            "telemetry()",
+            f"{result['telemetry']['p50_us']:.1f}",
+            f"{result['telemetry']['p99_us']:.1f}",
+        ]
+    )
     text = _table(["route (store/models)", "p50 us", "p99 us"], rows)
     tp = result["throughput"]
-    text += (f"\nworker throughput (disk): {tp['events_per_s']:.0f} events/s "
-             f"({tp['events']} events in {tp['seconds']:.2f} s)")
+    text += (
+        f"\nworker throughput (disk): {tp['events_per_s']:.0f} events/s "
+        f"({tp['events']} events in {tp['seconds']:.2f} s)"
+    )
     text += f"\nimport tally_core: {result['import']['median_s'] * 1000:.0f} ms (median)"
     m = result["machine"]
     text += f"\nmachine: {m['cpus']} CPUs, {m['processor']}, Python {m['python']}"
@@ -272,8 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = overhead(quick=args.quick)
     else:
         routers = args.routers.split(",") if args.routers else None
-        result = run_comparison(args.scenario, seed=args.seed, calls=args.calls,
-                                routers=routers)
+        result = run_comparison(args.scenario, seed=args.seed, calls=args.calls, routers=routers)
     print(format_table(result))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

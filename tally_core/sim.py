@@ -159,8 +159,15 @@ class SimRouter(Protocol):
     def choose(self, task: TaskSpec, envelope: dict[str, Any], pool: Sequence[str]) -> str: ...
 
     def observe(
-        self, task: TaskSpec, model: str, quality: float | None, errored: bool,
-        input_tokens: int, output_tokens: int, latency_ms: float, cost_usd: float,
+        self,
+        task: TaskSpec,
+        model: str,
+        quality: float | None,
+        errored: bool,
+        input_tokens: int,
+        output_tokens: int,
+        latency_ms: float,
+        cost_usd: float,
     ) -> None: ...
 
 
@@ -172,7 +179,9 @@ class TallyRouter:
 
         self.name = "tally"
         joined = {e.model for e in scenario.events if e.join}
-        pool = [m for m in scenario.models if (m if isinstance(m, str) else m["name"]) not in joined]
+        pool = [
+            m for m in scenario.models if (m if isinstance(m, str) else m["name"]) not in joined
+        ]
         self._all = {(m if isinstance(m, str) else m["name"]): m for m in scenario.models}
         self.tally = Tally(
             [ModelSpec(**m) if isinstance(m, dict) else m for m in pool],
@@ -196,8 +205,15 @@ class TallyRouter:
         return d.model
 
     def observe(
-        self, task: TaskSpec, model: str, quality: float | None, errored: bool,
-        input_tokens: int, output_tokens: int, latency_ms: float, cost_usd: float,
+        self,
+        task: TaskSpec,
+        model: str,
+        quality: float | None,
+        errored: bool,
+        input_tokens: int,
+        output_tokens: int,
+        latency_ms: float,
+        cost_usd: float,
     ) -> None:
         self.tally.telemetry(
             self._last,
@@ -224,8 +240,14 @@ class OracleRouter:
 
     name = "oracle"
 
-    def __init__(self, truth: Callable[[TaskSpec, str], float], costs: Callable[..., float],
-                 tolerance: float, *, call_cost: bool = False) -> None:
+    def __init__(
+        self,
+        truth: Callable[[TaskSpec, str], float],
+        costs: Callable[..., float],
+        tolerance: float,
+        *,
+        call_cost: bool = False,
+    ) -> None:
         self._truth, self._costs, self._tol = truth, costs, tolerance
         self._call_cost = call_cost
 
@@ -313,10 +335,14 @@ THRESHOLD_RULES: dict[str, list[tuple[float, str]]] = {
     "default": [(0.4, "economy"), (0.7, "standard"), (2.0, "premium")],
 }
 THRESHOLD_GROUPS: dict[str, str] = {
-    "formatting": "simple", "classification": "simple", "extraction": "simple",
-    "code-generation": "quality-sensitive", "reasoning": "quality-sensitive",
+    "formatting": "simple",
+    "classification": "simple",
+    "extraction": "simple",
+    "code-generation": "quality-sensitive",
+    "reasoning": "quality-sensitive",
     # Not in the article's two lists; they are as hard as code and reasoning.
-    "code-debug": "quality-sensitive", "architecture-design": "quality-sensitive",
+    "code-debug": "quality-sensitive",
+    "architecture-design": "quality-sensitive",
 }
 
 
@@ -374,8 +400,15 @@ class ThompsonRouter:
         return best
 
     def observe(
-        self, task: TaskSpec, model: str, quality: float | None, errored: bool,
-        input_tokens: int, output_tokens: int, latency_ms: float, cost_usd: float,
+        self,
+        task: TaskSpec,
+        model: str,
+        quality: float | None,
+        errored: bool,
+        input_tokens: int,
+        output_tokens: int,
+        latency_ms: float,
+        cost_usd: float,
     ) -> None:
         ab = self._ab.setdefault((task.name, model), [1.0, 1.0])
         ok = not errored and quality is not None and quality >= _success_bar(task)
@@ -393,8 +426,9 @@ class EpsilonGreedyRouter:
 
     name = "epsilon-greedy"
 
-    def __init__(self, scenario: Scenario, seed: int = 0, epsilon: float = 0.1,
-                 min_obs: int = 3) -> None:
+    def __init__(
+        self, scenario: Scenario, seed: int = 0, epsilon: float = 0.1, min_obs: int = 3
+    ) -> None:
         import random
 
         self.epsilon, self.min_obs = epsilon, min_obs
@@ -419,8 +453,15 @@ class EpsilonGreedyRouter:
         return min(ok, key=lambda m: self._cost(task, m))
 
     def observe(
-        self, task: TaskSpec, model: str, quality: float | None, errored: bool,
-        input_tokens: int, output_tokens: int, latency_ms: float, cost_usd: float,
+        self,
+        task: TaskSpec,
+        model: str,
+        quality: float | None,
+        errored: bool,
+        input_tokens: int,
+        output_tokens: int,
+        latency_ms: float,
+        cost_usd: float,
     ) -> None:
         st = self._stats.setdefault((task.name, model), [0.0, 0.0])
         st[0] += 1.0
@@ -430,11 +471,17 @@ class EpsilonGreedyRouter:
 #: Tally task type -> LiteLLM ``RequestType`` value (what its regex classifier
 #: would say at best). Anything else is ``general``.
 LITELLM_REQUEST_TYPES: dict[str, str] = {
-    "code-generation": "code_generation", "code-debug": "code_generation",
-    "code-review": "code_understanding", "architecture-design": "technical_design",
-    "reasoning": "analytical_reasoning", "data-analysis": "analytical_reasoning",
-    "creative-writing": "writing", "summarisation": "writing", "translation": "writing",
-    "qa-simple": "factual_lookup", "extraction": "factual_lookup",
+    "code-generation": "code_generation",
+    "code-debug": "code_generation",
+    "code-review": "code_understanding",
+    "architecture-design": "technical_design",
+    "reasoning": "analytical_reasoning",
+    "data-analysis": "analytical_reasoning",
+    "creative-writing": "writing",
+    "summarisation": "writing",
+    "translation": "writing",
+    "qa-simple": "factual_lookup",
+    "extraction": "factual_lookup",
 }
 
 
@@ -506,8 +553,15 @@ class LiteLLMAdaptiveRouter:
         return str(self._bandit.pick_best(cells, costs, 0.7, 0.3, rng=self._rng))
 
     def observe(
-        self, task: TaskSpec, model: str, quality: float | None, errored: bool,
-        input_tokens: int, output_tokens: int, latency_ms: float, cost_usd: float,
+        self,
+        task: TaskSpec,
+        model: str,
+        quality: float | None,
+        errored: bool,
+        input_tokens: int,
+        output_tokens: int,
+        latency_ms: float,
+        cost_usd: float,
     ) -> None:
         if errored or quality is None:
             return
@@ -605,8 +659,11 @@ def simulate(
         return catalog[model].estimate_cost_usd(it, ot)
 
     # Precompute the world's state per call index (events are few).
-    marks = sorted({0} | {int(e.at * n) for e in scenario.events}
-                   | {int(e.until * n) for e in scenario.events if e.until is not None})
+    marks = sorted(
+        {0}
+        | {int(e.at * n) for e in scenario.events}
+        | {int(e.until * n) for e in scenario.events if e.until is not None}
+    )
     states = {m: state_at(m) for m in marks}
 
     results: dict[str, SimResult] = {}
@@ -618,8 +675,8 @@ def simulate(
         errors = 0
         counts: dict[str, int] = {m: 0 for m in names}
         per_task: dict[str, dict[str, Any]] = {
-            t.name: {"calls": 0, "cost_usd": 0.0, "quality": 0.0, "violations": 0,
-                     "models": {}} for t in tasks
+            t.name: {"calls": 0, "cost_usd": 0.0, "quality": 0.0, "violations": 0, "models": {}}
+            for t in tasks
         }
         seen: dict[str, int] = {t.name: 0 for t in tasks}
         chosen_log: list[tuple[int, str, str]] = []
@@ -689,8 +746,9 @@ def simulate(
             errors=errors,
         )
         if isinstance(router, TallyRouter):
-            res.phases = {p: router.phases.count(p) for p in
-                          ("calibrate", "explore", "exploit", "fallback")}
+            res.phases = {
+                p: router.phases.count(p) for p in ("calibrate", "explore", "exploit", "fallback")
+            }
             res.calibration_calls = _calibration_calls(chosen_log, router.phases)
         res.adaptation_calls = _adaptation(scenario, chosen_log, n)
         results[router.name] = res
@@ -703,7 +761,7 @@ def _calibration_calls(log: list[tuple[int, str, str]], phases: list[str]) -> di
     out: dict[str, int] = {}
     run: dict[str, int] = {}
     k: dict[str, int] = {}
-    for (_, task, _), phase in zip(log, phases):
+    for (_, task, _), phase in zip(log, phases, strict=False):
         k[task] = k.get(task, 0) + 1
         if task in out and out[task] >= 0 and run.get(task, 0) >= 20:
             continue
@@ -716,7 +774,9 @@ def _calibration_calls(log: list[tuple[int, str, str]], phases: list[str]) -> di
     return out
 
 
-def _adaptation(scenario: Scenario, log: list[tuple[int, str, str]], n: int) -> list[dict[str, Any]]:
+def _adaptation(
+    scenario: Scenario, log: list[tuple[int, str, str]], n: int
+) -> list[dict[str, Any]]:
     """For each quality event: calls of that task type after it until the router
     stopped relying on a degraded model, or first used an improved one."""
     out = []
@@ -725,8 +785,9 @@ def _adaptation(scenario: Scenario, log: list[tuple[int, str, str]], n: int) -> 
             continue
         t0 = int(e.at * n)
         before = scenario.tasks[e.task].quality[e.model]
-        uses: list[bool] = [model == e.model for i, task, model in log
-                            if i >= t0 and task == e.task]
+        uses: list[bool] = [
+            model == e.model for i, task, model in log if i >= t0 and task == e.task
+        ]
         k = len(uses)
         first_use = next((j + 1 for j, u in enumerate(uses) if u), None)
         # Degraded: the calls until the model stops being a regular choice,
@@ -734,28 +795,41 @@ def _adaptation(scenario: Scenario, log: list[tuple[int, str, str]], n: int) -> 
         # (what is left is bounded exploration).
         last_use = 0
         for j in range(k):
-            window = uses[j:j + 50]
+            window = uses[j : j + 50]
             if sum(window) > 5:
                 last_use = j + max(x for x, u in enumerate(window) if u) + 1
         degraded = e.quality < before
-        out.append({
-            "task": e.task, "model": e.model, "from": before, "to": e.quality,
-            "kind": "degrade" if degraded else "improve",
-            "calls_until_adapted": last_use if degraded else first_use,
-            "task_calls_after": k,
-        })
+        out.append(
+            {
+                "task": e.task,
+                "model": e.model,
+                "from": before,
+                "to": e.quality,
+                "kind": "degrade" if degraded else "improve",
+                "calls_until_adapted": last_use if degraded else first_use,
+                "task_calls_after": k,
+            }
+        )
     return out
 
 
 #: Routers ``run_comparison`` runs by default, in table order.
 ROUTER_NAMES = (
-    "tally", "oracle", "always-best", "always-cheapest", "threshold", "thompson",
-    "epsilon-greedy", "litellm-adaptive",
+    "tally",
+    "oracle",
+    "always-best",
+    "always-cheapest",
+    "threshold",
+    "thompson",
+    "epsilon-greedy",
+    "litellm-adaptive",
 )
 
 
 def baseline_routers(
-    scenario: Scenario, seed: int = 0, names: Sequence[str] = ROUTER_NAMES,
+    scenario: Scenario,
+    seed: int = 0,
+    names: Sequence[str] = ROUTER_NAMES,
     tally_kwargs: Mapping[str, Any] | None = None,
 ) -> list[SimRouter]:
     """The routers named (see ``ROUTER_NAMES``), built for ``scenario``.
@@ -838,9 +912,15 @@ def run_comparison(
             quality_vs_best=res.mean_quality / best.mean_quality if best.mean_quality else 0.0,
             cost_regret_usd=res.cost_usd - orc.cost_usd,
             violation_regret=res.violation_rate - orc.violation_rate,
-            per_task={t: {"calls": pt["calls"], "cost_usd": pt["cost_usd"],
-                          "quality": pt["quality"], "violations": pt["violations"]}
-                      for t, pt in res.per_task.items()},
+            per_task={
+                t: {
+                    "calls": pt["calls"],
+                    "cost_usd": pt["cost_usd"],
+                    "quality": pt["quality"],
+                    "violations": pt["violations"],
+                }
+                for t, pt in res.per_task.items()
+            },
             seconds=wall[name],
         )
         if name != "tally":
@@ -848,5 +928,10 @@ def run_comparison(
             d.pop("calibration_calls")
         out[name] = d
     ordered = {n: out[n] for n in names if n in out}
-    return {"scenario": sc.name, "seed": seed, "calls": best.calls, "routers": ordered,
-            "litellm": litellm_available()}
+    return {
+        "scenario": sc.name,
+        "seed": seed,
+        "calls": best.calls,
+        "routers": ordered,
+        "litellm": litellm_available(),
+    }
