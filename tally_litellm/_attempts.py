@@ -39,9 +39,18 @@ class Attempt:
     created: float = field(default_factory=time.monotonic)
     reported: bool = False
     finished: bool = False
+    _info: dict[str, Any] | None = field(default=None, repr=False)
 
     def info(self) -> dict[str, Any]:
-        """The decision as plain data: request metadata, ``_hidden_params``, headers."""
+        """The decision as plain data: request metadata, ``_hidden_params``, headers.
+
+        Built once; each caller gets its own copy to keep.
+        """
+        if self._info is None:
+            self._info = self._build_info()
+        return dict(self._info)
+
+    def _build_info(self) -> dict[str, Any]:
         d = self.decision
         return {
             "decision_id": self.decision_id,
@@ -62,26 +71,26 @@ class AttemptLog:
     """A bounded, thread-safe map of call id to ``Attempt``.
 
     Bounded because a stream the caller never finishes is never logged: its
-    record must not live forever.
+    record must not live forever. Unfinished attempts are also kept apart, so
+    waiting for them looks at a handful, not at the whole log.
     """
 
     def __init__(self, max_size: int = 100_000) -> None:
         self.max_size = max_size
         self._items: OrderedDict[str, Attempt] = OrderedDict()
-        self._open = 0
+        self._unfinished: dict[int, Attempt] = {}  # by id(): call ids may repeat
         self._cond = threading.Condition()
 
     def add(self, attempt: Attempt) -> None:
         with self._cond:
             old = self._items.pop(attempt.call_id, None)
-            if old is not None and not old.finished:
-                self._open -= 1
+            if old is not None:
+                self._unfinished.pop(id(old), None)
             self._items[attempt.call_id] = attempt
-            self._open += 1
+            self._unfinished[id(attempt)] = attempt
             while len(self._items) > self.max_size:
                 _, dropped = self._items.popitem(last=False)
-                if not dropped.finished:
-                    self._open -= 1
+                self._unfinished.pop(id(dropped), None)
 
     def get(self, call_id: Any) -> Attempt | None:
         if not isinstance(call_id, str):
@@ -105,31 +114,30 @@ class AttemptLog:
     def finish(self, attempt: Attempt) -> None:
         """The claimed attempt's outcome has been handed to Tally (or given up on)."""
         with self._cond:
-            if not attempt.finished:
-                attempt.finished = True
-                if self._items.get(attempt.call_id) is attempt:
-                    self._open -= 1
-                self._cond.notify_all()
+            attempt.finished = True
+            self._unfinished.pop(id(attempt), None)
+            self._cond.notify_all()
 
     @property
     def open(self) -> int:
         """Attempts routed whose outcome has not been logged yet."""
-        return self._open
+        return len(self._unfinished)
 
     def open_since(self, since: float) -> int:
+        """Attempts routed at or before ``since`` (monotonic) not logged yet."""
         with self._cond:
-            return sum(1 for a in self._items.values() if not a.finished and a.created <= since)
+            return self._open_since(since)
+
+    def _open_since(self, since: float) -> int:
+        return sum(1 for a in self._unfinished.values() if a.created <= since)
 
     def wait(self, since: float, timeout: float | None) -> bool:
         """Wait until every attempt routed up to ``since`` has been logged."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._open and self.open_since_locked(since):
+            while self._open_since(since):
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
                 self._cond.wait(0.05 if left is None else min(left, 0.05))
         return True
-
-    def open_since_locked(self, since: float) -> bool:
-        return any(not a.finished and a.created <= since for a in self._items.values())

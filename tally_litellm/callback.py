@@ -138,7 +138,10 @@ class TallyCallback(CustomLogger):
         slo = kwargs.get("standard_logging_object")
         slo = slo if isinstance(slo, Mapping) else {}
         model = attempt.model
-        served = slo.get("model_id") or _model_info_id(kwargs)
+        # The deployment LiteLLM called, from this call's own params. Not
+        # slo["model_id"]: that is read from the request metadata, which calls
+        # sharing one metadata dict overwrite for each other.
+        served = _model_info_id(kwargs)
         if isinstance(served, str) and attempt.deployment_id and served != attempt.deployment_id:
             model = self._strategy._name_of_id(served) or model
         input_tokens = _count(slo.get("prompt_tokens"))

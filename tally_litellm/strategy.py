@@ -650,15 +650,11 @@ def _usable(
     When that leaves none, the ones merely cooling down or failed are tried
     again rather than failing the call.
     """
-    live = [(d, n) for d, n in served if not (d.get("model_info") or {}).get("blocked")]
-    failed = {
-        p.get("deployment_id") for p in md.get("previous_models") or () if isinstance(p, Mapping)
-    }
+    live = [(d, n, deployment_id(d)) for d, n in served
+            if not (d.get("model_info") or {}).get("blocked")]
+    previous = md.get("previous_models") or ()
+    failed = {p.get("deployment_id") for p in previous if isinstance(p, Mapping)}
     cool = set(cooldowns()) if live else set()
-    fresh = [(d, n) for d, n in live if deployment_id(d) not in failed]
-    return (
-        [(d, n) for d, n in fresh if deployment_id(d) not in cool]
-        or fresh
-        or live
-        or served
-    )
+    fresh = [x for x in live if x[2] not in failed] if failed else live
+    best = [x for x in fresh if x[2] not in cool] if cool else fresh
+    return [(d, n) for d, n, _ in best or fresh or live] or served

@@ -296,3 +296,42 @@ def test_no_prompt_or_completion_text_is_stored(tmp_path: Path):
     assert files
     for path in files:
         assert canary.encode() not in path.read_bytes(), path
+
+
+def test_concurrent_calls_sharing_one_metadata_dict_join_correctly():
+    shared = {"tally": {"task_type": "qa-simple"}}  # one dict reused by every call
+
+    async def go(router: Any, strategy: TallyStrategy) -> list[Any]:
+        out = await asyncio.gather(*[
+            router.acompletion(model="auto", messages=MSGS, metadata=shared) for _ in range(24)
+        ])
+        assert await strategy.aflush()
+        return list(out)
+
+    with installed() as (router, tally, strategy):
+        responses = asyncio.run(go(router, strategy))
+        by_decision = {row["decision_id"]: row for row in rows(tally)}
+        assert len(by_decision) == 24
+        for r in responses:
+            row = by_decision[get_decision(r)["decision_id"]]
+            # Who served, from the reply itself: with a shared metadata dict,
+            # LiteLLM's own _hidden_params["model_id"] can name another call's
+            # deployment (it reads metadata["model_info"], which every call rewrites).
+            served = r.choices[0].message.content.removeprefix("from ")
+            assert row["model"] == {"mini": "gpt-4o-mini", "haiku": "claude-haiku-4-5",
+                                    "4o": "gpt-4o"}[served]
+            assert get_decision(r)["deployment_id"] == served
+
+
+def test_sync_calls_from_threads_are_all_reported():
+    from concurrent.futures import ThreadPoolExecutor
+
+    with installed() as (router, tally, strategy):
+        with ThreadPoolExecutor(4) as pool:
+            responses = list(pool.map(
+                lambda _: router.completion(model="auto", messages=MSGS, metadata=dict(QA)),
+                range(16),
+            ))
+        assert strategy.flush()
+        got = {row["decision_id"] for row in rows(tally)}
+        assert got == {get_decision(r)["decision_id"] for r in responses}
