@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = ["format_table", "import_time", "main", "overhead", "run_comparison"]
@@ -41,11 +41,14 @@ def run_comparison(
     seed: int = 1,
     calls: int | None = None,
     routers: Sequence[str] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``tally_core.sim.run_comparison``; see there for the figures."""
+    """``tally_core.sim.run_comparison``; see there for the figures. ``extra``
+    adds router factories by name, and their routers to the default set."""
     from tally_core import sim
 
-    return sim.run_comparison(scenario, seed=seed, calls=calls, routers=routers or sim.ROUTER_NAMES)
+    names = routers or (*sim.ROUTER_NAMES, *(extra or {}))
+    return sim.run_comparison(scenario, seed=seed, calls=calls, routers=names, extra=extra)
 
 
 def _pool(size: int) -> list[Any]:
@@ -239,9 +242,9 @@ def overhead(quick: bool = False) -> dict[str, Any]:
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=False))
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
     out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) for r in rows]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join(out)
 
 
@@ -311,8 +314,15 @@ def format_table(result: dict[str, Any]) -> str:
     return text
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tally_core.bench")
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    extra: Mapping[str, Any] | None = None,
+    prog: str = "python -m tally_core.bench",
+) -> int:
+    """The benchmark command. ``extra``: more routers for ``routing`` (see
+    ``tally_litellm.bench``, which adds LiteLLM's Adaptive Router)."""
+    parser = argparse.ArgumentParser(prog=prog)
     sub = parser.add_subparsers(dest="what", required=True)
     o = sub.add_parser("overhead", help="route/telemetry latency, throughput, import time")
     o.add_argument("--quick", action="store_true")
@@ -328,11 +338,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = overhead(quick=args.quick)
     else:
         routers = args.routers.split(",") if args.routers else None
-        result = run_comparison(args.scenario, seed=args.seed, calls=args.calls, routers=routers)
-    print(format_table(result))
-    if args.json:
+        result = run_comparison(
+            args.scenario, seed=args.seed, calls=args.calls, routers=routers, extra=extra
+        )
+    if args.json:  # before printing, so a closed pipe loses no figures
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=1, default=str)
+    print(format_table(result))
     return 0
 
 

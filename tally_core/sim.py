@@ -38,7 +38,6 @@ __all__ = [
     "CheapestRouter",
     "EpsilonGreedyRouter",
     "FixedRouter",
-    "LiteLLMAdaptiveRouter",
     "OracleRouter",
     "Scenario",
     "SimResult",
@@ -468,110 +467,6 @@ class EpsilonGreedyRouter:
         st[1] += 0.0 if errored or quality is None else quality
 
 
-#: Tally task type -> LiteLLM ``RequestType`` value (what its regex classifier
-#: would say at best). Anything else is ``general``.
-LITELLM_REQUEST_TYPES: dict[str, str] = {
-    "code-generation": "code_generation",
-    "code-debug": "code_generation",
-    "code-review": "code_understanding",
-    "architecture-design": "technical_design",
-    "reasoning": "analytical_reasoning",
-    "data-analysis": "analytical_reasoning",
-    "creative-writing": "writing",
-    "summarisation": "writing",
-    "translation": "writing",
-    "qa-simple": "factual_lookup",
-    "extraction": "factual_lookup",
-}
-
-
-def litellm_available() -> bool:
-    """Whether LiteLLM's Adaptive Router can be imported."""
-    import importlib.util
-
-    return importlib.util.find_spec("litellm") is not None
-
-
-class LiteLLMAdaptiveRouter:
-    """LiteLLM's Adaptive Router (``litellm.router_strategy.adaptive_router``),
-    driven through its own bandit.
-
-    Configured as a LiteLLM user would: weights quality 0.7 / cost 0.3 (its
-    defaults), cost = input price per token (what its Router reads), quality
-    tier 1/2/3 by thirds of the pool sorted by input price, no strengths,
-    no minimum tier. Each call: the task type maps to a ``RequestType``
-    (``LITELLM_REQUEST_TYPES``), ``AdaptiveRouter.pick_model``'s own
-    ``pick_best`` chooses (with a seeded rng), and the true outcome is fed with
-    its own ``apply_delta``: +1 alpha when quality >= the floor, else +1 beta.
-    A provider error is not fed (its ``record_turn`` ignores HTTP errors).
-    Its 200-observation cap per cell applies. Needs ``litellm``.
-    """
-
-    name = "litellm-adaptive"
-
-    def __init__(self, scenario: Scenario, seed: int = 0) -> None:
-        import os
-        import random
-
-        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-        try:
-            from litellm.router_strategy.adaptive_router import bandit
-            from litellm.router_strategy.adaptive_router.adaptive_router import AdaptiveRouter
-            from litellm.types.router import (
-                AdaptiveRouterConfig,
-                AdaptiveRouterPreferences,
-                AdaptiveRouterWeights,
-                RequestType,
-            )
-        except ImportError as exc:
-            raise ImportError("LiteLLMAdaptiveRouter needs litellm installed") from exc
-        catalog = _catalog(scenario)
-        names = scenario.model_names()
-        by_price = sorted(names, key=lambda m: catalog[m].input_cost_per_mtok or 0.0)
-        tiers = {m: 1 + (3 * i) // len(by_price) for i, m in enumerate(by_price)}
-        self._costs = {m: (catalog[m].input_cost_per_mtok or 0.0) / 1e6 for m in names}
-        self._bandit = bandit
-        self._rt = RequestType
-        self._ar = AdaptiveRouter(
-            router_name="tally-bench",
-            config=AdaptiveRouterConfig(
-                available_models=names, weights=AdaptiveRouterWeights(quality=0.7, cost=0.3)
-            ),
-            model_to_prefs={m: AdaptiveRouterPreferences(quality_tier=tiers[m]) for m in names},
-            model_to_cost=self._costs,
-        )
-        self.tiers = tiers
-        self._rng = random.Random(seed)
-
-    def _request_type(self, task: TaskSpec) -> Any:
-        return self._rt(LITELLM_REQUEST_TYPES.get(task.name, "general"))
-
-    def choose(self, task: TaskSpec, envelope: dict[str, Any], pool: Sequence[str]) -> str:
-        rt = self._request_type(task)
-        cells = {m: self._ar.cell(rt, m) for m in pool}
-        costs = {m: self._costs[m] for m in pool}
-        return str(self._bandit.pick_best(cells, costs, 0.7, 0.3, rng=self._rng))
-
-    def observe(
-        self,
-        task: TaskSpec,
-        model: str,
-        quality: float | None,
-        errored: bool,
-        input_tokens: int,
-        output_tokens: int,
-        latency_ms: float,
-        cost_usd: float,
-    ) -> None:
-        if errored or quality is None:
-            return
-        rt = self._request_type(task)
-        ok = quality >= _success_bar(task)
-        self._ar._cells[(rt, model)] = self._bandit.apply_delta(
-            self._ar.cell(rt, model), 1.0 if ok else 0.0, 0.0 if ok else 1.0
-        )
-
-
 def _bar(task: TaskSpec, truths: Mapping[str, float], tol: float) -> float:
     return task.floor if task.floor is not None else max(truths.values()) - tol
 
@@ -822,8 +717,10 @@ ROUTER_NAMES = (
     "threshold",
     "thompson",
     "epsilon-greedy",
-    "litellm-adaptive",
 )
+
+#: Builds a router that is not in this module (LiteLLM's, say) for a scenario.
+RouterFactory = Callable[[Scenario, int], SimRouter]
 
 
 def baseline_routers(
@@ -831,11 +728,12 @@ def baseline_routers(
     seed: int = 0,
     names: Sequence[str] = ROUTER_NAMES,
     tally_kwargs: Mapping[str, Any] | None = None,
+    extra: Mapping[str, RouterFactory] | None = None,
 ) -> list[SimRouter]:
-    """The routers named (see ``ROUTER_NAMES``), built for ``scenario``.
-
-    ``litellm-adaptive`` is left out, silently, when litellm is not installed.
-    """
+    """The routers named (see ``ROUTER_NAMES``, plus any in ``extra``), built
+    for ``scenario``. ``extra`` maps more names to factories, so routers that
+    need another library (``tally_litellm.baseline``) join without this module
+    importing it."""
     out: list[SimRouter] = []
     for name in names:
         if name == "tally":
@@ -852,11 +750,11 @@ def baseline_routers(
             out.append(ThompsonRouter(seed=seed))
         elif name == "epsilon-greedy":
             out.append(EpsilonGreedyRouter(scenario, seed=seed))
-        elif name == "litellm-adaptive":
-            if litellm_available():
-                out.append(LiteLLMAdaptiveRouter(scenario, seed=seed))
+        elif extra and name in extra:
+            out.append(extra[name](scenario, seed))
         else:
-            raise InvalidFieldError("routers", f"unknown router {name!r}; known: {ROUTER_NAMES}")
+            known = [*ROUTER_NAMES, *(extra or {})]
+            raise InvalidFieldError("routers", f"unknown router {name!r}; known: {known}")
     return out
 
 
@@ -866,6 +764,7 @@ def run_comparison(
     calls: int | None = None,
     routers: Sequence[str] = ROUTER_NAMES,
     tally_kwargs: Mapping[str, Any] | None = None,
+    extra: Mapping[str, RouterFactory] | None = None,
 ) -> dict[str, Any]:
     """Run the routers on one seeded stream; every figure, per router.
 
@@ -889,7 +788,7 @@ def run_comparison(
     for must in ("always-best", "oracle"):
         if must not in names:
             names.append(must)
-    built = baseline_routers(sc, seed=seed, names=names, tally_kwargs=tally_kwargs)
+    built = baseline_routers(sc, seed=seed, names=names, tally_kwargs=tally_kwargs, extra=extra)
     results: dict[str, SimResult] = {}
     wall: dict[str, float] = {}
     for r in built:
@@ -933,5 +832,4 @@ def run_comparison(
         "seed": seed,
         "calls": best.calls,
         "routers": ordered,
-        "litellm": litellm_available(),
     }
