@@ -181,6 +181,7 @@ class Envelope(BaseModel):
     _tokens: int = PrivateAttr(default=0)
     _tokens_exact: bool = PrivateAttr(default=False)
     _plan_key: tuple[Any, ...] = PrivateAttr(default=())
+    _task_key: tuple[str, str] = PrivateAttr(default=("", ""))
 
     @field_validator("task_type", mode="before")
     @classmethod
@@ -262,6 +263,7 @@ class Envelope(BaseModel):
         # token counts enter only where they change the plan (cost caps);
         # the context filter keys on them separately.
         exact = self._tokens if (self._tokens_exact and self.max_cost_usd is not None) else None
+        self._task_key = (self.org, self.task_type)
         self._plan_key = (
             self.org,
             self.task_type,

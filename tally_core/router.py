@@ -13,7 +13,7 @@ import re
 import threading
 import time
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,7 @@ from tally_core._state import (
     Update,
     arm_view,
 )
-from tally_core.catalog import Catalog, ModelSpec
+from tally_core.catalog import Catalog, ModelSpec, store_price_map
 from tally_core.decision import Dropped, RouteDecision
 from tally_core.envelope import Envelope, coerce_envelope, normalise_task_type
 from tally_core.errors import (
@@ -190,6 +190,10 @@ class Tally:
     ('calibrate', 1)
     """
 
+    #: A route with no telemetry after this many seconds stops counting as
+    #: in flight (calibration counts routes in flight; a caller may never report).
+    pending_ttl_s: float = 300.0
+
     def __init__(
         self,
         models: Iterable[str | ModelSpec | Mapping[str, Any]],
@@ -210,7 +214,10 @@ class Tally:
         max_queue: int = 100_000,
         refresh_interval_s: float = 1.0,
     ) -> None:
-        self.catalog = Catalog(models, price_map=price_map)
+        self.catalog = Catalog(
+            models,
+            price_map=price_map or store_price_map(default_home() if store is None else store),
+        )
         if fallback is None:
             fallback = max(
                 self.catalog,
@@ -256,14 +263,24 @@ class Tally:
                 else (str(Path(directory) / "ledger.sqlite3") if directory else ":memory:")
             )
             self.ledger, self._owns_ledger = Ledger(where), True
+        # Prices in force from now on: savings reports price each call at its time.
+        self.ledger.sync_prices(self.catalog.price_rows())
 
         self._lock = threading.RLock()
         self._views: dict[TaskKey, dict[str, Any]] = {}
-        self._routes: dict[tuple[Any, ...], _Route] = {}
+        # Cached plans per task state, so a batch of outcomes for one task
+        # type invalidates only that task's plans.
+        self._routes: dict[TaskKey, dict[tuple[Any, ...], _Route]] = {}
         self._env_cache: dict[Any, Envelope] = {}
         self._recent: OrderedDict[str, RouteDecision] = OrderedDict()
         self._recent_max = 100_000
+        # Routes not yet reported, per task and model (they shape calibration):
+        # decisions in creation order; those reported; the age-out horizon.
         self._pending: dict[TaskKey, dict[str, int]] = {}
+        self._pending_lock = threading.Lock()
+        self._open: deque[RouteDecision] = deque()
+        self._reported: set[str] = set()
+        self._aged_until = 0.0
         self._id_prefix = os.urandom(6).hex()
         self._ids = itertools.count(1)
         self._events = itertools.count(1)
@@ -304,11 +321,12 @@ class Tally:
             raise ClosedError("this Tally is closed")
         env = self._envelope(envelope, fields)
         key = self._route_key(env)
-        r = self._routes.get(key)
+        tkey = env._task_key
+        plans = self._routes.get(tkey)
+        r = plans.get(key) if plans is not None else None
         if r is None:
             r = self._make_route(env)
         plan = r.plan
-        tkey = (env.org, env.task_type)
         pending = self._pending.get(tkey)
         if pending is None:
             pending = self._pending.setdefault(tkey, {})
@@ -342,7 +360,9 @@ class Tally:
             envelope=env,
             created_at=time.time(),
         )
-        pending[model] = pending.get(model, 0) + 1
+        with self._pending_lock:
+            pending[model] = pending.get(model, 0) + 1
+        self._open.append(decision)
         recent = self._recent
         recent[decision.decision_id] = decision
         if len(recent) > self._recent_max:
@@ -393,7 +413,8 @@ class Tally:
         return key
 
     def _make_route(self, env: Envelope) -> _Route:
-        snap = self._views.get((env.org, env.task_type))
+        tkey = env._task_key
+        snap = self._views.get(tkey)
         cells: dict[str, dict[str, ArmView]] = snap["cells"] if snap else {}
         views = cells.get(env.cell) or cells.get(TASK_CELL) or {}
         task_views = cells.get(TASK_CELL) or {}
@@ -471,9 +492,13 @@ class Tally:
         if not cands:
             dropped.append(Dropped(fallback, "no candidate fits: routed to the fallback anyway"))
         r = _Route(plan, tuple(dropped + plan.dropped), tuple(plan.considered), out_tokens)
-        if len(self._routes) > 4096:
-            self._routes = {}
-        self._routes[self._route_key(env)] = r
+        if self._views.get(tkey) is snap:  # not if the worker refreshed meanwhile
+            plans = self._routes.get(tkey)
+            if plans is None or len(plans) > 1024:
+                if len(self._routes) > 4096:
+                    self._routes = {}
+                plans = self._routes[tkey] = {}
+            plans[self._route_key(env)] = r
         return r
 
     # -- telemetry -----------------------------------------------------------
@@ -645,12 +670,18 @@ class Tally:
         rows: list[dict[str, Any]] = []
         feedback: list[tuple[str, float, list[str] | None, float]] = []
         by_decision: dict[str, dict[str, Any]] = {}
+        counted: dict[TaskKey, int] = {}  # outcomes of this batch so far, per task
+
+        def add(u: Update) -> None:
+            updates.append(u)
+            if u.replaces is None:
+                k = (u.org, u.task_type)
+                counted[k] = counted.get(k, 0) + 1
+
         for ev in events:
             key = (ev["org"], ev["task_type"])
             snap = self._views.get(key)
-            clock = (snap["clock"] if snap else 0.0) + sum(
-                1 for u in updates if (u.org, u.task_type) == key and u.replaces is None
-            )
+            clock = (snap["clock"] if snap else 0.0) + counted.get(key, 0)
             if ev["kind"] == "feedback":
                 orig = by_decision.get(ev["decision_id"] or "") or (
                     self.ledger.get(ev["decision_id"]) if ev["decision_id"] else None
@@ -658,7 +689,7 @@ class Tally:
                 q = ev["quality"]
                 if orig is not None:
                     prev = orig.get("quality_applied")
-                    updates.append(
+                    add(
                         Update(
                             orig["org"],
                             orig["task_type"],
@@ -677,7 +708,7 @@ class Tally:
                     orig["quality_applied"] = q
                     feedback.append((ev["decision_id"], q, ev["slugs"], ev["ts"]))
                 else:  # no call on record: count the quality on its own
-                    updates.append(
+                    add(
                         Update(
                             ev["org"],
                             ev["task_type"],
@@ -702,8 +733,10 @@ class Tally:
                         errored = True  # the provider failed: availability, not quality
                     else:
                         q = 0.0
-            if success is None:
-                success = not errored and error is None
+            if success is None and (error is not None or q is not None):
+                # Inferred when the event says anything; a call reported with
+                # no outcome at all (a cancelled stream) stays unknown (NULL).
+                success = error is None and not errored
             spec = self.catalog[ev["model"]] if ev["model"] in self.catalog else None
             if spec is None:
                 found = self.catalog.lookup(ev["model"])
@@ -715,7 +748,7 @@ class Tally:
                     if spec is not None
                     else 0.0
                 )
-            updates.append(
+            add(
                 Update(
                     ev["org"],
                     ev["task_type"],
@@ -763,11 +796,35 @@ class Tally:
             self.ledger.set_feedback(did, q, sl, ts)
         self._refresh(keys={(u.org, u.task_type) for u in updates})
         # These routes are now in the snapshot: no longer "in flight".
-        for ev in events:
-            if ev.get("local") and ev["kind"] == "call":
-                pending = self._pending.get((ev["org"], ev["task_type"]))
-                if pending and pending.get(ev["model"], 0) > 0:
-                    pending[ev["model"]] -= 1
+        with self._pending_lock:
+            for ev in events:
+                if ev.get("local") and ev["kind"] == "call":
+                    d = self._recent.get(ev["decision_id"])
+                    if (
+                        d is not None
+                        and d.created_at >= self._aged_until
+                        and d.decision_id not in self._reported
+                    ):
+                        self._reported.add(d.decision_id)
+                        self._unpend(d)
+            self._age_out()
+
+    def _unpend(self, d: RouteDecision) -> None:
+        pending = self._pending.get((d.org, d.task_type))
+        if pending and pending.get(d.model, 0) > 0:
+            pending[d.model] -= 1
+
+    def _age_out(self) -> None:
+        """Forget routes never reported within ``pending_ttl_s`` (lock held)."""
+        cutoff = time.time() - self.pending_ttl_s
+        opened, reported = self._open, self._reported
+        while opened and opened[0].created_at < cutoff:
+            d = opened.popleft()
+            if d.decision_id in reported:
+                reported.discard(d.decision_id)
+            else:
+                self._unpend(d)
+        self._aged_until = cutoff
 
     # -- the routing snapshot ------------------------------------------------
 
@@ -781,6 +838,8 @@ class Tally:
 
     def _refresh_if_changed(self) -> None:
         try:
+            with self._pending_lock:
+                self._age_out()
             if self.store.version() != self._seen_version:
                 self._refresh(full=True)
         except TallyError as exc:
@@ -791,17 +850,32 @@ class Tally:
         self._refresh(full=True)
 
     def _refresh(self, keys: set[TaskKey] | None = None, full: bool = False) -> None:
+        """Rebuild the routing snapshot: every task state, or only ``keys``
+        (those the worker just changed), dropping only their cached plans."""
         with self._lock:
+            seen = self._seen_version
+            if full or keys is None:
+                version = self.store.version()
+                self._views = {k: self._views_of(v) for k, v in self.store.load().items()}
+                self._routes = {}
+                self._seen_version = version
+                return
+            states = self.store.load(keys)
             version = self.store.version()
-            states = self.store.load()
-            if not full and keys is not None:
-                states = {k: v for k, v in states.items() if k in keys}
-            views = dict(self._views) if not full else {}
-            for key, state in states.items():
-                views[key] = self._views_of(state)
+            views = dict(self._views)
+            for key in keys:
+                state = states.get(key)
+                if state is None:
+                    views.pop(key, None)
+                else:
+                    views[key] = self._views_of(state)
             self._views = views
-            self._routes = {}
-            self._seen_version = version
+            for key in keys:
+                self._routes.pop(key, None)
+            if version == seen + 1:
+                # Only our own write since the last look; anything else
+                # (another process) is left for the periodic full refresh.
+                self._seen_version = version
 
     def _views_of(self, state: dict[str, Any]) -> dict[str, Any]:
         clock = state["clock"]
@@ -890,6 +964,18 @@ class Tally:
                 }
             )
         return out
+
+    def in_flight(self, task_type: str, org: str = "default") -> dict[str, int]:
+        """Routes of a task type not yet reported, per model (calibration
+        counts them, so it does not send a burst to one unproven model).
+        A route with no telemetry for ``pending_ttl_s`` seconds is forgotten."""
+        try:
+            tt = normalise_task_type(task_type)
+        except (ValueError, AttributeError) as exc:
+            raise InvalidFieldError("task_type", str(exc)) from None
+        with self._pending_lock:
+            self._age_out()
+            return {m: n for m, n in self._pending.get((org, tt), {}).items() if n > 0}
 
     def task_types(self, org: str = "default") -> list[str]:
         """Task types with learned state for ``org``."""

@@ -187,10 +187,11 @@ class TelemetryQueue:
     def _start(self) -> None:
         with self._worker_lock:
             if self._worker is None or not self._worker.is_alive():
-                self._worker = threading.Thread(
-                    target=self._run, name="tally-telemetry", daemon=True
-                )
-                self._worker.start()
+                # Published only once running: flush() and shutdown() read
+                # ``_worker`` without the lock and must never see it unstarted.
+                worker = threading.Thread(target=self._run, name="tally-telemetry", daemon=True)
+                worker.start()
+                self._worker = worker
 
     def _run(self) -> None:
         self.replay_spool()

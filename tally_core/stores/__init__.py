@@ -7,4 +7,3 @@ from tally_core.stores.disk import DiskStore
 from tally_core.stores.memory import MemoryStore
 
 __all__ = ["DiskStore", "MemoryStore", "StateStore"]
-

@@ -9,7 +9,7 @@ provides the transaction around it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -38,8 +38,9 @@ class StateStore(ABC):
         raise NotImplementedError("StateStore.apply() must be implemented")
 
     @abstractmethod
-    def load(self) -> dict[TaskKey, dict[str, Any]]:
-        """Every task state, as plain data (a copy the caller may keep)."""
+    def load(self, keys: Iterable[TaskKey] | None = None) -> dict[TaskKey, dict[str, Any]]:
+        """Task states as plain data (copies the caller may keep): every one,
+        or only those in ``keys`` (a key with no state is left out)."""
         raise NotImplementedError("StateStore.load() must be implemented")
 
     @abstractmethod

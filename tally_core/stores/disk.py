@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +72,11 @@ class DiskStore(StateStore):
         except Exception as exc:  # sqlite3.OperationalError and friends
             raise StoreError(f"state store at {self.directory} failed: {exc}") from exc
 
-    def load(self) -> dict[TaskKey, dict[str, Any]]:
+    def load(self, keys: Iterable[TaskKey] | None = None) -> dict[TaskKey, dict[str, Any]]:
         try:
             with self._cache.transact():
-                keys = self._cache.get(_KEYS, default=set())
+                if keys is None:
+                    keys = self._cache.get(_KEYS, default=set())
                 out: dict[TaskKey, dict[str, Any]] = {}
                 for key in keys:
                     state = self._cache.get(f"s:{key[0]}\x1f{key[1]}")

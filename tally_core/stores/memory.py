@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from tally_core._state import LearnParams, Update, apply_updates, new_task_state
@@ -48,9 +48,11 @@ class MemoryStore(StateStore):
             self._version += 1
             return True
 
-    def load(self) -> dict[TaskKey, dict[str, Any]]:
+    def load(self, keys: Iterable[TaskKey] | None = None) -> dict[TaskKey, dict[str, Any]]:
         with self._lock:
-            return copy.deepcopy(self._states)
+            if keys is None:
+                return copy.deepcopy(self._states)
+            return {k: copy.deepcopy(self._states[k]) for k in keys if k in self._states}
 
     def version(self) -> int:
         return self._version

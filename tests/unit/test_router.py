@@ -284,3 +284,60 @@ def test_no_prompt_text_anywhere(tmp_path) -> None:
         t.flush()
     blob = b"".join(p.read_bytes() for p in (tmp_path / "s").rglob("*") if p.is_file())
     assert secret.encode() not in blob
+
+
+def test_routes_in_flight_are_counted_until_reported_or_aged_out(tally: Tally) -> None:
+    decisions = [tally.route(task_type="qa", quality_floor=0.8) for _ in range(6)]
+    flight = tally.in_flight("qa")
+    assert sum(flight.values()) == 6
+    for d in decisions[:4]:
+        tally.telemetry(d, quality=0.9)
+    # A retry on another model reports the same decision again: counted once.
+    tally.telemetry(decisions[0], model="gpt-4o", success=False, error="timeout")
+    assert sum(tally.in_flight("qa").values()) == 2
+    tally.pending_ttl_s = 0.0  # the two never reported: a caller that gave up
+    assert tally.in_flight("qa") == {}
+    tally.pending_ttl_s = 300.0
+    d = tally.route(task_type="qa", quality_floor=0.8)
+    assert tally.in_flight("qa") == {d.model: 1}
+    tally.telemetry(decisions[5], quality=0.9)  # too late to count: no double decrement
+    assert tally.in_flight("qa") == {d.model: 1}
+
+
+def test_a_call_with_no_outcome_is_stored_as_unknown(tally: Tally) -> None:
+    cancelled = tally.route(task_type="qa")
+    tally.telemetry(cancelled, input_tokens=100, output_tokens=3, latency_ms=40.0)
+    failed = tally.route(task_type="qa")
+    tally.telemetry(failed, error="timeout")
+    graded = tally.route(task_type="qa")
+    tally.telemetry(graded, quality=0.7)
+    success = {r["decision_id"]: r["success"] for r in tally.ledger.rows()}
+    assert success == {cancelled.decision_id: None, failed.decision_id: 0, graded.decision_id: 1}
+    assert sum(s["quality_obs"] for s in tally.stats("qa")) == 1
+
+
+def test_another_process_learning_is_seen_although_this_one_writes_too(tmp_path) -> None:
+    store = str(tmp_path / "s")
+    with (
+        Tally(
+            POOL, fallback="gpt-4o", store=store, seed=1, background=False, refresh_interval_s=1e9
+        ) as a,
+        Tally(POOL, fallback="gpt-4o", store=store, seed=2, background=False) as b,
+    ):
+        teach(b, "extraction", {m: 0.9 for m in POOL}, 30)
+        # a's own write lands after b's: applying it must not mark b's as seen.
+        teach(a, "qa", {m: 0.9 for m in POOL}, 5)
+        assert sum(s["calls"] for s in a.stats("extraction")) == 0  # not yet refreshed
+        a._refresh_if_changed()  # what the periodic refresh does
+        assert sum(s["calls"] for s in a.stats("extraction")) == 30
+        assert sum(s["calls"] for s in a.stats("qa")) == 5
+
+
+def test_learning_one_task_keeps_other_tasks_plans_current(tally: Tally) -> None:
+    teach(tally, "qa", {"gpt-4o-mini": 0.3, "claude-haiku-4-5": 0.95, "gpt-4o": 0.97}, 60)
+    teach(tally, "extraction", {"gpt-4o-mini": 0.95, "claude-haiku-4-5": 0.95, "gpt-4o": 0.97}, 60)
+    qa = [tally.route(task_type="qa", quality_floor=0.8).model for _ in range(40)]
+    teach(tally, "extraction", {m: 0.95 for m in POOL}, 20)
+    qa_after = [tally.route(task_type="qa", quality_floor=0.8).model for _ in range(40)]
+    assert qa.count("gpt-4o-mini") <= 4 and qa_after.count("gpt-4o-mini") <= 4
+    assert tally.stats("qa")[0]["calls"] + tally.stats("qa")[1]["calls"] >= 1

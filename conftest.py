@@ -1,3 +1,5 @@
+"""Test-wide setup; at the root so the packages' doctests get it too."""
+
 from __future__ import annotations
 
 import os
