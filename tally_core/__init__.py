@@ -24,7 +24,7 @@ from tally_core.errors import (
 from tally_core.ledger import Ledger
 from tally_core.policy import FloorBandit, Policy
 from tally_core.router import NoCandidateError, Tally, default_home
-from tally_core.stores import DiskStore, MemoryStore, StateStore
+from tally_core.stores import DiskStore, MemoryStore, RedisStore, StateStore
 
 __version__ = "0.1.0"
 
@@ -41,6 +41,7 @@ __all__ = [
     "LearnParams",
     "Ledger",
     "MemoryStore",
+    "RedisStore",
     "ModelSpec",
     "NoCandidateError",
     "Policy",

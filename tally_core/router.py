@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tally_core._state import (
     EMPTY_VIEW,
@@ -45,6 +45,12 @@ from tally_core.stores.base import StateStore, TaskKey
 from tally_core.stores.disk import DiskStore
 from tally_core.stores.memory import MemoryStore
 from tally_core.telemetry import TelemetryQueue
+
+if TYPE_CHECKING:
+    from datetime import date, datetime
+    from typing import IO
+
+    from tally_core.reports import ExportFormat, Report, Savings, TimeBucket
 
 __all__ = ["NoCandidateError", "Tally", "default_home"]
 
@@ -154,7 +160,8 @@ class Tally:
         expensive model in the pool; added to the pool if missing.
     store
         A directory (diskcache state + SQLite ledger + spool), ``":memory:"``,
-        or a ``StateStore``. Default: ``$TALLY_HOME`` or ``~/.tally``.
+        a ``redis://`` URL (state shared by every replica; ledger and spool
+        stay in ``$TALLY_HOME``), or a ``StateStore``. Default: ``$TALLY_HOME`` or ``~/.tally``.
     policy
         The routing policy; default ``FloorBandit`` built from ``confidence``
         and ``explore``.
@@ -249,6 +256,10 @@ class Tally:
         self._owns_store = not isinstance(store, StateStore)
         if isinstance(store, StateStore):
             self.store: StateStore = store
+        elif isinstance(store, str) and store.startswith(("redis://", "rediss://", "unix://")):
+            from tally_core.stores.redis_store import RedisStore
+
+            self.store = RedisStore(store)
         elif store is None or str(store) != ":memory:":
             self.store = DiskStore(Path(str(store) if store is not None else default_home()))
         else:
@@ -980,6 +991,91 @@ class Tally:
     def task_types(self, org: str = "default") -> list[str]:
         """Task types with learned state for ``org``."""
         return sorted(t for (o, t) in self._views if o == org)
+
+    def report(
+        self,
+        *,
+        since: str | float | datetime | date | None = None,
+        until: str | float | datetime | date | None = None,
+        org: str | None = None,
+        task_type: str | None = None,
+        model: str | None = None,
+        by: TimeBucket = "auto",
+    ) -> Report:
+        """Cost, calls, tokens, latency, errors and quality from the ledger, by
+        model, org, task type and time; see ``tally_core.reports.report``."""
+        from tally_core import reports
+
+        self._ready_for_reports()
+        return reports.report(
+            self.ledger,
+            since=since,
+            until=until,
+            org=org,
+            task_type=task_type,
+            model=model,
+            by=by,
+        )
+
+    def savings(
+        self,
+        *,
+        since: str | float | datetime | date | None = None,
+        until: str | float | datetime | date | None = None,
+        org: str | None = None,
+        task_type: str | None = None,
+        tolerance: float = 0.02,
+        confidence: float = 0.95,
+    ) -> Savings:
+        """Actual cost against every call on the fallback at the prices in
+        force, and quality against the holdout control group (``holdout=``);
+        see ``tally_core.reports.savings``."""
+        from tally_core import reports
+
+        self._ready_for_reports()
+        return reports.savings(
+            self.ledger,
+            fallback=self.fallback,
+            catalog=self.catalog,
+            since=since,
+            until=until,
+            org=org,
+            task_type=task_type,
+            tolerance=tolerance,
+            confidence=confidence,
+        )
+
+    def export(
+        self,
+        out: str | os.PathLike[str] | IO[str],
+        format: ExportFormat = "jsonl",
+        *,
+        since: str | float | datetime | date | None = None,
+        until: str | float | datetime | date | None = None,
+        org: str | None = None,
+        task_type: str | None = None,
+        model: str | None = None,
+    ) -> int:
+        """Write the call log as ``csv``, ``json`` or ``jsonl`` to a path or a
+        text file; returns the rows written. See ``tally_core.reports.export``."""
+        from tally_core import reports
+
+        self._ready_for_reports()
+        return reports.export(
+            self.ledger,
+            out,
+            format,
+            since=since,
+            until=until,
+            org=org,
+            task_type=task_type,
+            model=model,
+        )
+
+    def _ready_for_reports(self) -> None:
+        if self._closed:
+            raise ClosedError("this Tally is closed")
+        self.flush()
 
     def flush(self, timeout: float | None = 5.0) -> bool:
         """Wait until queued telemetry is applied (True) or ``timeout`` passes."""

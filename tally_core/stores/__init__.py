@@ -5,5 +5,6 @@ from __future__ import annotations
 from tally_core.stores.base import StateStore
 from tally_core.stores.disk import DiskStore
 from tally_core.stores.memory import MemoryStore
+from tally_core.stores.redis_store import RedisStore
 
-__all__ = ["DiskStore", "MemoryStore", "StateStore"]
+__all__ = ["DiskStore", "MemoryStore", "RedisStore", "StateStore"]

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import uuid
 
 import pytest
 
-from tally_core import DiskStore, MemoryStore, StateStore, StoreError
+from tally_core import DiskStore, MemoryStore, RedisStore, StateStore, StoreError
 from tally_core._state import LearnParams, Update
 
 P = LearnParams()
@@ -21,11 +22,24 @@ def upd(
     return Update(org, task, cell, model, q, q is None, 100.0, 10, 0.001)
 
 
-@pytest.fixture(params=["memory", "disk"])
+@pytest.fixture(params=["memory", "disk", pytest.param("redis", marks=pytest.mark.redis)])
 def store(request, tmp_path) -> StateStore:
-    s: StateStore = MemoryStore() if request.param == "memory" else DiskStore(tmp_path / "s")
+    s: StateStore
+    if request.param == "memory":
+        s = MemoryStore()
+    elif request.param == "disk":
+        s = DiskStore(tmp_path / "s")
+    else:
+        url = request.getfixturevalue("redis_url")
+        s = RedisStore(url, prefix=f"t-{uuid.uuid4().hex}", directory=tmp_path)
     yield s
     s.close()
+
+
+def test_contract_load_only_the_keys_asked(store: StateStore) -> None:
+    store.apply("b", [upd(task="a"), upd(task="b"), upd(task="b")], P)
+    some = store.load([("default", "b"), ("default", "nope")])
+    assert list(some) == [("default", "b")] and some[("default", "b")]["clock"] == 2.0
 
 
 def test_contract_apply_load_version(store: StateStore) -> None:
@@ -87,3 +101,50 @@ def test_four_processes_lose_no_update(tmp_path) -> None:
     assert state["clock"] == 8000.0
     assert sum(arm[11] for arm in state["cells"]["*"].values()) == 8000.0
     s.close()
+
+
+def _redis_writer(url: str, prefix: str, worker: int, n: int) -> None:
+    s = RedisStore(url, prefix=prefix)
+    for i in range(0, n, 50):
+        s.apply(f"w{worker}-{i}", [upd(model=f"m{i % 3}") for _ in range(50)], P)
+    s.close()
+
+
+@pytest.mark.redis
+def test_four_replicas_lose_no_update_in_redis(redis_url: str) -> None:
+    prefix = f"t-{uuid.uuid4().hex}"
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_redis_writer, args=(redis_url, prefix, w, 2000)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    with RedisStore(redis_url, prefix=prefix) as s:
+        state = s.load()[("default", "qa-simple")]
+    assert state["clock"] == 8000.0
+    assert sum(arm[11] for arm in state["cells"]["*"].values()) == 8000.0
+
+
+def test_redis_store_unreachable_is_a_store_error(tmp_path) -> None:
+    with socket_closed_port() as port:
+        s = RedisStore(f"redis://127.0.0.1:{port}/0", directory=tmp_path, socket_timeout_s=0.5)
+        with pytest.raises(StoreError, match="redis store at redis://127.0.0.1"):
+            s.apply("b", [upd()], P)
+        with pytest.raises(StoreError):
+            s.version()
+        s.close()
+
+
+class socket_closed_port:
+    """A loopback port nothing listens on."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self._s = socket.socket()
+        self._s.bind(("127.0.0.1", 0))
+        return int(self._s.getsockname()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        self._s.close()

@@ -1,0 +1,167 @@
+"""State in Redis, shared by a fleet of app replicas (``pip install "tally-router[redis]"``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from tally_core._state import LearnParams, Update, apply_updates, new_task_state
+from tally_core.errors import InvalidFieldError, StoreError
+from tally_core.stores.base import StateStore, TaskKey, group_updates
+
+__all__ = ["RedisStore"]
+
+_BATCH_TTL_S = 7 * 24 * 3600
+_SEP = "\x1f"
+
+
+class RedisStore(StateStore):
+    """Bandit state in Redis: every replica routes on the same learned state.
+
+    ``apply`` is an optimistic transaction: it ``WATCH``es the task states a
+    batch touches and its batch id, computes the new states with the same
+    arithmetic as every other store, and commits them with ``MULTI``/``EXEC``;
+    if another writer changed a watched key meanwhile, it reads again and
+    retries, so concurrent replicas never lose an update. States are JSON, so
+    any client can read them.
+
+    Parameters
+    ----------
+    url
+        ``redis://host:port/db`` (or ``rediss://``, ``unix://``), or a
+        ``redis.Redis`` client to share.
+    prefix
+        Key prefix, so several Tally deployments can share one Redis.
+    directory
+        Where this replica keeps its ledger and telemetry spool (both stay
+        local); default ``$TALLY_HOME`` or ``~/.tally``.
+    max_retries
+        Conflicting transactions retried before ``apply`` gives up with a
+        ``StoreError`` (the telemetry queue then retries the batch later).
+    """
+
+    def __init__(
+        self,
+        url: Any = "redis://localhost:6379/0",
+        *,
+        prefix: str = "tally",
+        directory: str | os.PathLike[str] | None = None,
+        socket_timeout_s: float = 5.0,
+        max_retries: int = 100,
+    ) -> None:
+        try:
+            import redis
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise StoreError(
+                'RedisStore needs the redis client: pip install "tally-router[redis]"'
+            ) from exc
+        if not isinstance(prefix, str) or not prefix or _SEP in prefix:
+            raise InvalidFieldError("prefix", f"must be a non-empty key prefix, got {prefix!r}")
+        self._redis = redis
+        if isinstance(url, str):
+            try:
+                self._client = redis.Redis.from_url(
+                    url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
+                )
+            except ValueError as exc:
+                raise InvalidFieldError("url", f"is not a Redis URL: {exc}") from None
+            self._owns_client = True
+        else:
+            self._client, self._owns_client = url, False
+        from tally_core.router import default_home
+
+        self.directory = str(directory) if directory is not None else default_home()
+        self.url = url if isinstance(url, str) else repr(url)
+        self._p = prefix
+        self._keys = f"{prefix}:keys"
+        self._version = f"{prefix}:version"
+        self.max_retries = max_retries
+        self._closed = False
+
+    def _skey(self, key: TaskKey) -> str:
+        return f"{self._p}:state:{key[0]}{_SEP}{key[1]}"
+
+    def _fail(self, exc: Exception) -> StoreError:
+        return StoreError(f"redis store at {self.url} failed: {type(exc).__name__}: {exc}")
+
+    def apply(self, batch_id: str, updates: Sequence[Update], params: LearnParams) -> bool:
+        groups = group_updates(updates)
+        keys = list(groups)
+        skeys = [self._skey(k) for k in keys]
+        bkey = f"{self._p}:batch:{batch_id}"
+        members = [f"{k[0]}{_SEP}{k[1]}" for k in keys]
+        try:
+            with self._client.pipeline(transaction=True) as pipe:
+                for attempt in range(self.max_retries):
+                    try:
+                        pipe.watch(bkey, *skeys)  # type: ignore[no-untyped-call]
+                        if pipe.exists(bkey):
+                            pipe.unwatch()
+                            return False
+                        raw = pipe.mget(skeys) if skeys else []
+                        pipe.multi()
+                        for skey, blob, key in zip(skeys, raw, keys, strict=True):
+                            state = json.loads(blob) if blob is not None else new_task_state()
+                            apply_updates(state, groups[key], params)
+                            pipe.set(skey, json.dumps(state, separators=(",", ":")))
+                        if members:
+                            pipe.sadd(self._keys, *members)
+                        pipe.set(bkey, 1, ex=_BATCH_TTL_S)
+                        pipe.incr(self._version)
+                        pipe.execute()
+                        return True
+                    except self._redis.WatchError:
+                        # Another replica wrote one of these states: read again.
+                        time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 20)))
+                raise StoreError(
+                    f"redis store at {self.url}: {self.max_retries} conflicting writes in a row"
+                )
+        except self._redis.RedisError as exc:
+            raise self._fail(exc) from exc
+
+    def load(self, keys: Iterable[TaskKey] | None = None) -> dict[TaskKey, dict[str, Any]]:
+        try:
+            if keys is None:
+                wanted: list[TaskKey] = []
+                for m in self._client.smembers(self._keys):
+                    org, _, task = (m.decode() if isinstance(m, bytes) else m).partition(_SEP)
+                    wanted.append((org, task))
+            else:
+                wanted = list(keys)
+            if not wanted:
+                return {}
+            blobs = self._client.mget([self._skey(k) for k in wanted])
+        except self._redis.RedisError as exc:
+            raise self._fail(exc) from exc
+        return {k: json.loads(b) for k, b in zip(wanted, blobs, strict=True) if b is not None}
+
+    def version(self) -> int:
+        try:
+            return int(self._client.get(self._version) or 0)
+        except self._redis.RedisError as exc:
+            raise self._fail(exc) from exc
+
+    def reset(self, org: str | None = None, task_type: str | None = None) -> None:
+        try:
+            for key in self.load():
+                if (org is None or key[0] == org) and (task_type is None or key[1] == task_type):
+                    with self._client.pipeline(transaction=True) as pipe:
+                        pipe.delete(self._skey(key))
+                        pipe.srem(self._keys, f"{key[0]}{_SEP}{key[1]}")
+                        pipe.execute()
+            self._client.incr(self._version)
+        except self._redis.RedisError as exc:
+            raise self._fail(exc) from exc
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self._owns_client:
+                self._client.close()
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.url!r}, prefix={self._p!r})"
