@@ -22,7 +22,7 @@ from tally_core.errors import (
     UnknownModelError,
 )
 from tally_core.ledger import Ledger
-from tally_core.policy import FloorBandit, Policy
+from tally_core.policy import CostOptimised, FloorBandit, Policy, StaticThreshold
 from tally_core.router import NoCandidateError, Tally, default_home
 from tally_core.stores import DiskStore, MemoryStore, RedisStore, StateStore
 
@@ -36,6 +36,7 @@ __all__ = [
     "DiskStore",
     "Dropped",
     "Envelope",
+    "CostOptimised",
     "FloorBandit",
     "InvalidFieldError",
     "LearnParams",
@@ -47,6 +48,7 @@ __all__ = [
     "Policy",
     "RouteDecision",
     "StateStore",
+    "StaticThreshold",
     "StoreError",
     "Tally",
     "TallyError",

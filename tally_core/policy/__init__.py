@@ -5,5 +5,16 @@ from __future__ import annotations
 from tally_core.policy.bandit import FloorBandit
 from tally_core.policy.base import Candidate, Choice, Plan, Policy
 from tally_core.policy.floor import prob_clears, verdict
+from tally_core.policy.strategies import CostOptimised, StaticThreshold
 
-__all__ = ["Candidate", "Choice", "FloorBandit", "Plan", "Policy", "prob_clears", "verdict"]
+__all__ = [
+    "Candidate",
+    "Choice",
+    "CostOptimised",
+    "FloorBandit",
+    "Plan",
+    "Policy",
+    "StaticThreshold",
+    "prob_clears",
+    "verdict",
+]

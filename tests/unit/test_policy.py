@@ -1,13 +1,22 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tally_core import Tally
 from tally_core._state import EMPTY_VIEW, LearnParams, Update, apply_updates, arm_view
-from tally_core.policy import Candidate, FloorBandit, Policy, prob_clears, verdict
+from tally_core.policy import (
+    Candidate,
+    CostOptimised,
+    FloorBandit,
+    Policy,
+    StaticThreshold,
+    prob_clears,
+)
 from tally_core.policy import bandit as bandit_mod
 
 
@@ -145,8 +154,14 @@ def test_bad_parameters_name_the_field() -> None:
     seed=st.integers(0, 10_000),
     pending=st.integers(0, 10),
 )
+@pytest.mark.parametrize("policy_cls", [FloorBandit, CostOptimised, StaticThreshold])
 def test_floor_is_never_violated_by_a_model_with_evidence_of_failing(
-    means: list[float], ns: list[int], floor: float, seed: int, pending: int
+    policy_cls: type[Policy],
+    means: list[float],
+    ns: list[int],
+    floor: float,
+    seed: int,
+    pending: int,
 ) -> None:
     rng = random.Random(seed)
     cands = []
@@ -154,27 +169,19 @@ def test_floor_is_never_violated_by_a_model_with_evidence_of_failing(
         qs = [1.0 if rng.random() < m else 0.0 for _ in range(ns[i])]
         cands.append(Candidate(f"m{i}", 0.001 * (i + 1), view_from(qs) if qs else EMPTY_VIEW))
     fallback = cands[-1].name
-    p = FloorBandit(**FloorBandit._unit_test_params())
+    p: Any = policy_cls(**policy_cls._unit_test_params())
     plan = p.plan(cands, floor, fallback)
     failing = {
         c.name
         for c in cands
-        if verdict(
-            c.view,
-            floor,
-            confidence=p.confidence,
-            fail_below=p.fail_below,
-            min_obs=p.min_obs,
-            min_fail_obs=p.min_fail_obs,
-        )[0]
-        == "fails"
+        if c.view.n >= p.min_fail_obs and prob_clears(c.view, floor) < p.fail_below
     }
     u, z = draws(seed)
     for _ in range(300):
         c = p.pick(plan, u, z, {n.name: pending for n in cands})
         if c.phase != "fallback":
             assert c.model not in failing, (c, failing)
-            if c.phase == "exploit":
+            if c.phase == "exploit" and isinstance(p, FloorBandit):
                 assert prob_clears(next(x.view for x in cands if x.name == c.model), floor) >= (
                     p.confidence
                 )
@@ -182,3 +189,64 @@ def test_floor_is_never_violated_by_a_model_with_evidence_of_failing(
 
 def test_module_docstring_example_runs() -> None:
     assert bandit_mod.FloorBandit.__doc__
+
+
+def test_cost_optimised_trusts_a_mean_just_above_the_floor() -> None:
+    thin = view_from([0.9, 0.8, 0.82] * 4)  # mean 0.84 over 12: likely, not certain
+    cands = [Candidate("cheap", 0.001, thin), Candidate("big", 0.02, view_from([0.97] * 40))]
+    u, z = draws(3)
+    fb, co = FloorBandit(explore=0.0), CostOptimised()
+    assert fb.plan(cands, 0.8, "big").exploit == "big"  # FloorBandit wants more evidence
+    choice = co.pick(co.plan(cands, 0.8, "big"), u, z, {})
+    assert (choice.model, choice.phase) == ("cheap", "exploit")
+    assert 0.5 <= choice.confidence < 0.9
+    # Clearly below: dropped, like FloorBandit does.
+    low = [Candidate("cheap", 0.001, view_from([0.4] * 10)), cands[1]]
+    assert co.pick(co.plan(low, 0.8, "big"), u, z, {}).model == "big"
+
+
+def test_static_threshold_tiers_by_floor_and_skips_failing_models() -> None:
+    bad = view_from([0.2] * 10)
+    cands = [
+        Candidate("small", 0.001, EMPTY_VIEW),
+        Candidate("mid", 0.004, bad),
+        Candidate("mid2", 0.006, EMPTY_VIEW),
+        Candidate("large", 0.02, EMPTY_VIEW),
+    ]
+    p = StaticThreshold(cheap_below=0.6, premium_from=0.9)
+    u, z = draws(4)
+    picks = {f: p.pick(p.plan(cands, f, "large"), u, z, {}).model for f in (0.5, 0.7, 0.95)}
+    # 0.7 is the middle tier ("mid2", median by price); 0.5 the cheapest,
+    # which has no evidence against it.
+    assert picks == {0.5: "small", 0.7: "mid2", 0.95: "large"}
+    plan = p.plan(cands[:2] + cands[3:], 0.7, "large")  # the median is "mid": failing
+    assert plan.exploit == "large" and [d.model for d in plan.dropped] == ["mid"]
+    with pytest.raises(Exception, match="premium_from"):
+        StaticThreshold(cheap_below=0.8, premium_from=0.5)
+
+
+def test_tally_runs_with_another_policy() -> None:
+    pool = ["gpt-4o-mini", "gpt-4o"]
+    with Tally(
+        pool,
+        fallback="gpt-4o",
+        store=":memory:",
+        seed=1,
+        background=False,
+        policy=StaticThreshold(),
+    ) as t:
+        assert t.route(task_type="classification", quality_floor=0.5).model == "gpt-4o-mini"
+        assert t.route(task_type="reasoning", quality_floor=0.9).model == "gpt-4o"
+    with Tally(
+        pool,
+        fallback="gpt-4o",
+        store=":memory:",
+        seed=1,
+        background=False,
+        policy=CostOptimised(min_obs=3),
+    ) as t:
+        for _ in range(30):
+            d = t.route(task_type="extraction", quality_floor=0.8)
+            t.telemetry(d, quality=0.9 if d.model == "gpt-4o-mini" else 0.95)
+        last = [t.route(task_type="extraction", quality_floor=0.8) for _ in range(20)]
+        assert {(d.model, d.phase) for d in last} == {("gpt-4o-mini", "exploit")}
