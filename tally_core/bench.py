@@ -1,11 +1,13 @@
-"""Benchmarks: routing overhead (``overhead``) and routers compared on a
-simulated workload (``routing``, see ``tally_core.sim``).
+"""Benchmarks: routing overhead (``overhead``), routers compared on a
+simulated workload (``routing``, see ``tally_core.sim``), and the same routers
+replayed on a logged evaluation table (``replay``, see ``tally_core.replay``).
 
-Run them with ``python -m tally_core.bench overhead`` or
+Run them with ``python -m tally_core.bench overhead``,
 ``python -m tally_core.bench routing --scenario seed-landscape --calls 20000
---seed 1 --json out.json``. Every figure is a median over many timed
-iterations, after warm-up, in one process; absolute times drift on shared
-machines, so compare figures from the same run.
+--seed 1 --json out.json`` or ``python -m tally_core.bench replay evals.csv
+--floor 0.8``. Every overhead figure is a median over many timed iterations,
+after warm-up, in one process; absolute times drift on shared machines, so
+compare figures from the same run.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["format_table", "import_time", "main", "overhead", "run_comparison"]
+__all__ = ["format_table", "import_time", "main", "overhead", "replay", "run_comparison"]
 
 _TASKS = (
     "classification",
@@ -49,6 +51,26 @@ def run_comparison(
 
     names = routers or (*sim.ROUTER_NAMES, *(extra or {}))
     return sim.run_comparison(scenario, seed=seed, calls=calls, routers=names, extra=extra)
+
+
+def replay(
+    file: str,
+    floor: str | float | Mapping[str, float | None] | None = 0.8,
+    seed: int = 1,
+    calls: int | None = None,
+    routers: Sequence[str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """``tally_core.replay.replay`` on an evaluation table (CSV or JSONL); see
+    there for the file and the figures. ``extra`` adds router factories by
+    name, and their routers to the default set; ``kwargs`` go to ``replay``
+    (``shuffle``, ``warmup``, ``best``, ``file_format``)."""
+    from tally_core import replay as rp
+
+    return rp.replay(
+        file, floor=floor, seed=seed, calls=calls, routers=routers, extra=extra, **kwargs
+    )
 
 
 def _pool(size: int) -> list[Any]:
@@ -270,7 +292,17 @@ def format_table(result: dict[str, Any]) -> str:
                     share,
                 ]
             )
-        head = f"scenario {result['scenario']}, seed {result['seed']}, {result['calls']} calls\n"
+        if result.get("source") == "replay":
+            head = (
+                f"replay {result['file']} ({result['prompts']} prompts x "
+                f"{len(result['models'])} models), seed {result['seed']}, "
+                f"{result['calls']} calls{', shuffled' if result['shuffle'] else ''}, "
+                f"{_floors_text(result['floors'])}\n"
+            )
+        else:
+            head = (
+                f"scenario {result['scenario']}, seed {result['seed']}, {result['calls']} calls\n"
+            )
         text = head + _table(
             [
                 "router",
@@ -314,6 +346,19 @@ def format_table(result: dict[str, Any]) -> str:
     return text
 
 
+def _floors_text(floors: Mapping[str, float | None]) -> str:
+    """``floor 0.8 (reasoning 0.85)``: the most common floor, then the others."""
+    if not floors:
+        return "no floors"
+    values = list(floors.values())
+    common = max(values, key=lambda v: (values.count(v), v is None))
+    text = "parity" if common is None else f"floor {common:g}"
+    others = [
+        f"{t} {'parity' if v is None else f'{v:g}'}" for t, v in floors.items() if v != common
+    ]
+    return text + (f" ({', '.join(others)})" if others else "")
+
+
 def main(
     argv: Sequence[str] | None = None,
     *,
@@ -333,14 +378,65 @@ def main(
     r.add_argument("--seed", type=int, default=1)
     r.add_argument("--routers", default=None, help="comma-separated router names")
     r.add_argument("--json", metavar="FILE")
+    p = sub.add_parser(
+        "replay",
+        help="routers compared on a logged evaluation table (CSV or JSONL)",
+        description="Replay an evaluation table -- rows of prompt_id, task_type, model, "
+        "quality (0-1 or true/false), input_tokens, output_tokens, and optionally latency_ms "
+        "and cost_usd -- through Tally and the baselines: one call per prompt; a router sees "
+        "only the outcome of the model it chose. See tally_core.replay.",
+    )
+    p.add_argument("file", help="a .csv or .jsonl file (or give --format)")
+    p.add_argument(
+        "--floor",
+        default="0.8",
+        help="quality floor: one for every task type (default 0.8), e.g. "
+        "'0.8,reasoning=0.85' (a bare value for the task types not named), or 'parity' "
+        "(the cheapest model within 0.02 of the best)",
+    )
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--calls", type=int, default=None, help="default one per prompt; more cycles the file"
+    )
+    p.add_argument("--shuffle", action="store_true", help="prompts in a seeded random order")
+    p.add_argument(
+        "--warmup", type=int, default=0, help="calls per task type before violations count"
+    )
+    p.add_argument("--best", default=None, help="the always-best model and Tally's fallback")
+    p.add_argument("--format", choices=("csv", "jsonl"), default=None)
+    p.add_argument(
+        "--routers",
+        default=None,
+        help="comma-separated router names (hindsight: knows each prompt's grades)",
+    )
+    p.add_argument("--json", metavar="FILE")
     args = parser.parse_args(argv)
-    if args.what == "overhead":
-        result = overhead(quick=args.quick)
-    else:
-        routers = args.routers.split(",") if args.routers else None
-        result = run_comparison(
-            args.scenario, seed=args.seed, calls=args.calls, routers=routers, extra=extra
-        )
+    from tally_core.errors import TallyError
+
+    try:
+        if args.what == "overhead":
+            result = overhead(quick=args.quick)
+        elif args.what == "replay":
+            result = replay(
+                args.file,
+                floor=args.floor,
+                seed=args.seed,
+                calls=args.calls,
+                routers=[n.strip() for n in args.routers.split(",")] if args.routers else None,
+                extra=extra,
+                shuffle=args.shuffle,
+                warmup=args.warmup,
+                best=args.best,
+                file_format=args.format,
+            )
+        else:
+            routers = args.routers.split(",") if args.routers else None
+            result = run_comparison(
+                args.scenario, seed=args.seed, calls=args.calls, routers=routers, extra=extra
+            )
+    except (TallyError, OSError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
     if args.json:  # before printing, so a closed pipe loses no figures
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=1, default=str)

@@ -27,6 +27,7 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,6 +41,7 @@ __all__ = [
     "FixedRouter",
     "OracleRouter",
     "Scenario",
+    "SimCall",
     "SimResult",
     "SimRouter",
     "TallyRouter",
@@ -150,8 +152,30 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
     return Scenario.from_dict(json.loads(text))
 
 
+@dataclass(frozen=True)
+class SimCall:
+    """One call of the stream, as the world will answer it whatever model serves it.
+
+    ``outcome(model)`` is ``(quality or None, errored, latency_ms)``: the very
+    draw ``simulate`` scores the call with. A router that plays the provider
+    itself (``tally_litellm.demo`` answers LiteLLM mock calls with it) gets
+    each call through an optional ``prepare(call)`` method, before ``choose``.
+    """
+
+    index: int
+    task: TaskSpec
+    envelope: dict[str, Any]
+    pool: Sequence[str]
+    input_tokens: int
+    output_tokens: int
+    outcome: Callable[[str], tuple[float | None, bool, float]]
+
+
 class SimRouter(Protocol):
-    """What the simulator drives: choose a model, then learn the outcome."""
+    """What the simulator drives: choose a model, then learn the outcome.
+
+    Optional: ``prepare(call: SimCall)``, called before each ``choose``.
+    """
 
     name: str
 
@@ -553,6 +577,25 @@ def simulate(
     def cost_of(model: str, it: int, ot: int) -> float:
         return catalog[model].estimate_cost_usd(it, ot)
 
+    def outcome(
+        i: int,
+        task: TaskSpec,
+        truth: Callable[[TaskSpec, str], float],
+        erroring: Mapping[str, float],
+        model: str,
+    ) -> tuple[float | None, bool, float]:
+        """Call ``i`` served by ``model``: (quality or None, errored, latency_ms)."""
+        lat = float(scenario.latency_ms.get(model, 1000.0) * lat_jitter[i])
+        if noise2[i] < erroring.get(model, 0.0):
+            return None, True, lat
+        q_true = truth(task, model)
+        if task.outcome == "bernoulli":
+            return (1.0 if noise[i] < q_true else 0.0), False, lat
+        # A graded score around the true mean, with the spread of
+        # Beta(q*c, (1-q)*c), clipped to 0-1.
+        sd = math.sqrt(q_true * (1 - q_true) / (task.concentration + 1))
+        return float(min(max(q_true + sd * znoise[i], 0.0), 1.0)), False, lat
+
     # Precompute the world's state per call index (events are few).
     marks = sorted(
         {0}
@@ -563,18 +606,8 @@ def simulate(
 
     results: dict[str, SimResult] = {}
     for router in routers:
-        cost = 0.0
-        qsum = 0.0
-        viol = 0
-        after = 0
-        errors = 0
-        counts: dict[str, int] = {m: 0 for m in names}
-        per_task: dict[str, dict[str, Any]] = {
-            t.name: {"calls": 0, "cost_usd": 0.0, "quality": 0.0, "violations": 0, "models": {}}
-            for t in tasks
-        }
-        seen: dict[str, int] = {t.name: 0 for t in tasks}
-        chosen_log: list[tuple[int, str, str]] = []
+        rec = _Recorder(names, [t.name for t in tasks], scenario.warmup)
+        prepare = getattr(router, "prepare", None)
         state = states[0]
         for i in range(n):
             if i in states:
@@ -591,63 +624,93 @@ def simulate(
             env = {"task_type": task.name, "quality_floor": task.floor, **task.envelope}
             if isinstance(router, OracleRouter):
                 router._truth = truth  # the oracle sees the world as it is now
+            if prepare is not None:
+                answer = partial(outcome, i, task, truth, erroring)
+                prepare(SimCall(i, task, env, pool, it, ot, answer))
             model = router.choose(task, env, pool)
             q_true = truth(task, model)
             bar = _bar(task, {m: truth(task, m) for m in pool}, scenario.parity_tolerance)
-            lat = scenario.latency_ms.get(model, 1000.0) * lat_jitter[i]
-            errored = noise2[i] < erroring.get(model, 0.0)
+            quality, errored, lat = outcome(i, task, truth, erroring, model)
             if errored:
-                quality: float | None = None
                 c = 0.0
-                errors += 1
+                rec.errors += 1
             else:
-                if task.outcome == "bernoulli":
-                    quality = 1.0 if noise[i] < q_true else 0.0
-                else:
-                    # A graded score around the true mean, with the spread of
-                    # Beta(q*c, (1-q)*c), clipped to 0-1.
-                    sd = math.sqrt(q_true * (1 - q_true) / (task.concentration + 1))
-                    quality = min(max(q_true + sd * znoise[i], 0.0), 1.0)
                 c = cost_of(model, it, ot)
             router.observe(task, model, quality, errored, it, ot, lat, c)
-            seen[task.name] += 1
-            pt = per_task[task.name]
-            pt["calls"] += 1
-            pt["cost_usd"] += c
-            pt["quality"] += q_true
-            pt["models"][model] = pt["models"].get(model, 0) + 1
-            cost += c
-            qsum += q_true
-            counts[model] = counts.get(model, 0) + 1
-            if seen[task.name] > scenario.warmup:
-                after += 1
-                if q_true < bar - 1e-12:
-                    viol += 1
-                    pt["violations"] += 1
-            chosen_log.append((i, task.name, model))
+            rec.add(i, task.name, model, c, q_true, q_true, bar)
             if progress is not None and i % 1000 == 0:
                 progress(i)
-        for pt in per_task.values():
+        results[router.name] = rec.result(router, scenario)
+    return results
+
+
+class _Recorder:
+    """One router's figures, call by call: what ``simulate`` and
+    ``tally_core.replay`` both count, so the two report the same metrics.
+
+    ``quality`` is what the call is scored at (the simulator: the chosen
+    model's true mean); ``truth`` is what a floor violation is judged on
+    (``truth < bar``, counted once the task type has had ``warmup`` calls).
+    """
+
+    def __init__(self, models: Sequence[str], tasks: Sequence[str], warmup: int) -> None:
+        self.models, self.warmup = list(models), warmup
+        self.cost = 0.0
+        self.qsum = 0.0
+        self.viol = 0
+        self.after = 0
+        self.errors = 0
+        self.n = 0
+        self.counts: dict[str, int] = {m: 0 for m in self.models}
+        self.per_task: dict[str, dict[str, Any]] = {
+            t: {"calls": 0, "cost_usd": 0.0, "quality": 0.0, "violations": 0, "models": {}}
+            for t in tasks
+        }
+        self.seen: dict[str, int] = {t: 0 for t in tasks}
+        self.log: list[tuple[int, str, str]] = []
+
+    def add(
+        self, i: int, task: str, model: str, cost: float, quality: float, truth: float, bar: float
+    ) -> None:
+        self.n += 1
+        self.seen[task] += 1
+        pt = self.per_task[task]
+        pt["calls"] += 1
+        pt["cost_usd"] += cost
+        pt["quality"] += quality
+        pt["models"][model] = pt["models"].get(model, 0) + 1
+        self.cost += cost
+        self.qsum += quality
+        self.counts[model] = self.counts.get(model, 0) + 1
+        if self.seen[task] > self.warmup:
+            self.after += 1
+            if truth < bar - 1e-12:
+                self.viol += 1
+                pt["violations"] += 1
+        self.log.append((i, task, model))
+
+    def result(self, router: SimRouter, scenario: Scenario) -> SimResult:
+        n = self.n
+        for pt in self.per_task.values():
             pt["quality"] = pt["quality"] / max(pt["calls"], 1)
         res = SimResult(
             router=router.name,
             calls=n,
-            cost_usd=cost,
-            mean_quality=qsum / n,
-            violations_after_warmup=viol,
-            calls_after_warmup=after,
-            share={m: counts.get(m, 0) / n for m in names},
-            per_task=per_task,
-            errors=errors,
+            cost_usd=self.cost,
+            mean_quality=self.qsum / n,
+            violations_after_warmup=self.viol,
+            calls_after_warmup=self.after,
+            share={m: self.counts.get(m, 0) / n for m in self.models},
+            per_task=self.per_task,
+            errors=self.errors,
         )
         if isinstance(router, TallyRouter):
             res.phases = {
                 p: router.phases.count(p) for p in ("calibrate", "explore", "exploit", "fallback")
             }
-            res.calibration_calls = _calibration_calls(chosen_log, router.phases)
-        res.adaptation_calls = _adaptation(scenario, chosen_log, n)
-        results[router.name] = res
-    return results
+            res.calibration_calls = _calibration_calls(self.log, router.phases)
+        res.adaptation_calls = _adaptation(scenario, self.log, n)
+        return res
 
 
 def _calibration_calls(log: list[tuple[int, str, str]], phases: list[str]) -> dict[str, int]:
@@ -798,6 +861,19 @@ def run_comparison(
         close = getattr(r, "close", None)
         if close is not None:
             close()
+    return {
+        "scenario": sc.name,
+        "seed": seed,
+        "calls": results["always-best"].calls,
+        "routers": _summarize(results, names, wall),
+    }
+
+
+def _summarize(
+    results: Mapping[str, SimResult], names: Sequence[str], wall: Mapping[str, float]
+) -> dict[str, Any]:
+    """Each router's figures as ``run_comparison`` reports them, in ``names``
+    order; ``results`` must hold ``always-best`` and ``oracle``."""
     best, orc = results["always-best"], results["oracle"]
     gap = best.cost_usd - orc.cost_usd
     out: dict[str, Any] = {}
@@ -826,10 +902,4 @@ def run_comparison(
             d.pop("phases")
             d.pop("calibration_calls")
         out[name] = d
-    ordered = {n: out[n] for n in names if n in out}
-    return {
-        "scenario": sc.name,
-        "seed": seed,
-        "calls": best.calls,
-        "routers": ordered,
-    }
+    return {n: out[n] for n in names if n in out}
