@@ -3,12 +3,15 @@
 Read from LiteLLM's bundled price map *as a data file* (found through package
 metadata, so ``litellm`` is never imported), else from a snapshot of that
 map's facts shipped with Tally, then overridden by what the user gives.
+``tally pricing --refresh`` downloads LiteLLM's published map into a store
+directory (``model_prices.json``); Tally instances on that store read it first.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 from collections.abc import Iterable, Mapping
 from importlib import resources
@@ -17,12 +20,29 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tally_core.errors import InvalidFieldError, UnknownModelError
+from tally_core.errors import InvalidFieldError, TallyError, UnknownModelError
 
-__all__ = ["Catalog", "ModelSpec", "load_price_map"]
+__all__ = [
+    "PRICE_MAP_URL",
+    "STORE_PRICE_MAP",
+    "Catalog",
+    "ModelSpec",
+    "fetch_price_map",
+    "load_price_map",
+    "parse_price_map",
+    "save_price_map",
+    "store_price_map",
+]
 
 _MAP_FILE = "litellm/model_prices_and_context_window_backup.json"
 _SNAPSHOT = "litellm_snapshot.json"
+
+#: LiteLLM's published price map (what ``tally pricing --refresh`` downloads).
+PRICE_MAP_URL = (
+    "https://raw.githubusercontent.com/BerriAI/litellm/main/model_prices_and_context_window.json"
+)
+#: Where a refreshed map is kept inside a store directory.
+STORE_PRICE_MAP = "model_prices.json"
 
 
 class ModelSpec(BaseModel):
@@ -109,6 +129,18 @@ def _facts(entry: Mapping[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def parse_price_map(raw: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Tally's facts (prices per M tokens, window, tools, provider) for every
+    priced chat model in a LiteLLM-format price map."""
+    facts = {}
+    for name, entry in raw.items():
+        if isinstance(entry, dict) and entry.get("mode", "chat") in ("chat", "responses"):
+            f = _facts(entry)
+            if f is not None:
+                facts[name] = f
+    return facts
+
+
 _cache: dict[str, tuple[dict[str, dict[str, Any]], str]] = {}
 _cache_lock = threading.Lock()
 
@@ -128,14 +160,9 @@ def load_price_map(
         source: str
         src = Path(path) if path is not None else _litellm_map_path()
         if src is not None:
-            raw = json.loads(src.read_text(encoding="utf-8"))
-            facts = {}
-            for name, entry in raw.items():
-                if isinstance(entry, dict) and entry.get("mode", "chat") in ("chat", "responses"):
-                    f = _facts(entry)
-                    if f is not None:
-                        facts[name] = f
-            source = f"litellm-map:{src}"
+            facts = parse_price_map(json.loads(src.read_text(encoding="utf-8")))
+            kind = "refreshed-map" if src.name == STORE_PRICE_MAP else "litellm-map"
+            source = f"{kind}:{src}"
         else:
             text = resources.files("tally_core").joinpath("data", _SNAPSHOT).read_text("utf-8")
             snap = json.loads(text)
@@ -146,6 +173,69 @@ def load_price_map(
             source = f"tally-snapshot:{snap['taken_from']}"
         _cache[key] = (facts, source)
         return facts, source
+
+
+def store_price_map(store: object) -> Path | None:
+    """The map ``tally pricing --refresh`` saved in a store, if there is one.
+
+    ``store`` is a directory, ``":memory:"``, or a state store (its
+    ``directory`` attribute is used).
+    """
+    where = store if isinstance(store, (str, os.PathLike)) else getattr(store, "directory", None)
+    if where is None or str(where) == ":memory:":
+        return None
+    path = Path(str(where)).expanduser() / STORE_PRICE_MAP
+    return path if path.is_file() else None
+
+
+def fetch_price_map(url: str = PRICE_MAP_URL, timeout: float = 10.0) -> bytes:
+    """Download a LiteLLM-format price map; a ``TallyError`` with one line
+    saying why when it cannot (no network, HTTP error, timeout)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            data: bytes = resp.read()
+    except urllib.error.HTTPError as exc:
+        raise TallyError(f"cannot download the price map from {url}: HTTP {exc.code}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TallyError(
+            f"cannot download the price map from {url}: {reason} (no network?)"
+        ) from None
+    return data
+
+
+def save_price_map(directory: str | os.PathLike[str], data: bytes | str) -> dict[str, Any]:
+    """Check ``data`` is a LiteLLM price map and keep it as the store's map.
+
+    Written atomically (a reader sees the old map or the new one, never half);
+    returns the parsed map. Tally instances created on the store afterwards
+    price their models from it.
+    """
+    try:
+        raw = json.loads(data)
+    except ValueError as exc:
+        raise InvalidFieldError("price_map", f"not JSON: {exc}") from None
+    if not isinstance(raw, dict) or len(parse_price_map(raw)) < 10:
+        raise InvalidFieldError(
+            "price_map", "not a LiteLLM price map (fewer than 10 priced chat models)"
+        )
+    folder = Path(directory).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / STORE_PRICE_MAP
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model_prices.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    with _cache_lock:
+        _cache.pop(str(target), None)
+    return raw
 
 
 class Catalog:
@@ -224,6 +314,24 @@ class Catalog:
         merged = {**found, **given}
         source = "user+map" if len(given) > 1 else "map"
         return ModelSpec(**merged, source=source)
+
+    def price_source(self, name: str) -> str:
+        """Where ``name``'s facts came from: ``user``, the price map's source
+        (``litellm-map:PATH``, ``refreshed-map:PATH``, ``tally-snapshot:...``),
+        or ``user+`` that source when the user overrode some of them."""
+        spec = self._specs[name]
+        if spec.source == "user":
+            return "user"
+        self._map()
+        return f"user+{self.source}" if spec.source == "user+map" else self.source
+
+    def price_rows(self) -> list[tuple[str, float | None, float | None, str]]:
+        """``(model, input_cost_per_mtok, output_cost_per_mtok, source)`` per
+        model, as ``Ledger.sync_prices`` takes them."""
+        return [
+            (s.name, s.input_cost_per_mtok, s.output_cost_per_mtok, self.price_source(s.name))
+            for s in self._specs.values()
+        ]
 
     def __getitem__(self, name: str) -> ModelSpec:
         return self._specs[name]

@@ -8,7 +8,8 @@ bandit's view of a task type.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -22,16 +23,24 @@ app = typer.Typer(
 
 
 class _DemoRouter:
-    """Drives a real Tally (any store) from the simulator."""
+    """Drives a real Tally (any store) straight from the simulator: the demo's
+    path when LiteLLM is not installed."""
 
     name = "tally"
 
-    def __init__(self, tally: Any) -> None:
+    def __init__(
+        self, tally: Any, models: list[Any], on_call: Callable[[int], None] | None = None
+    ) -> None:
         self.tally = tally
+        self._specs = {m if isinstance(m, str) else m["name"]: m for m in models}
+        self._on_call = on_call
         self._last: Any = None
         self.calls = 0
 
     def choose(self, task: Any, envelope: dict[str, Any], pool: Any) -> str:
+        for name in pool:
+            if name not in self.tally.catalog:  # a model that joins mid-run
+                self.tally.add_model(self._specs[name])
         self._last = self.tally.route(envelope)
         return str(self._last.model)
 
@@ -61,87 +70,149 @@ class _DemoRouter:
             # Traffic in the demo comes far faster than in life: let the
             # worker catch up now and then so each route sees recent outcomes.
             self.tally.flush(5.0)
+        if self._on_call is not None:
+            self._on_call(self.calls)
 
 
-class _Always:
-    def __init__(self, model: str) -> None:
-        self.name, self.model = "always-fallback", model
+def _litellm_demo() -> tuple[Any, str | None]:
+    """``tally_litellm.demo.run_demo``, or None and why not (LiteLLM missing or broken)."""
+    import importlib.util
+    import os
 
-    def choose(self, task: Any, envelope: dict[str, Any], pool: Any) -> str:
-        return self.model
-
-    def observe(self, *args: Any) -> None:
-        pass
+    try:
+        found = importlib.util.find_spec("litellm") is not None
+    except (ImportError, ValueError, AttributeError):  # a broken or blocked install
+        found = False
+    if not found:
+        return None, "litellm is not installed"
+    # The demo is offline: LiteLLM must read its bundled price map, not fetch one.
+    os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    try:
+        from tally_litellm.demo import run_demo
+    except ImportError as exc:
+        return None, f"litellm could not be imported ({exc})"
+    return run_demo, None
 
 
 @app.command()
 def demo(
-    calls: int = typer.Option(4000, min=100, max=1_000_000, help="Simulated calls."),
+    calls: int = typer.Option(3000, min=100, max=1_000_000, help="Simulated calls."),
     scenario: str = typer.Option("seed-landscape", help="Shipped scenario name or JSON path."),
     store: str = typer.Option(None, help="State directory (default $TALLY_HOME or ~/.tally)."),
     seed: int = typer.Option(1, help="Seed for the workload and the router."),
     fresh: bool = typer.Option(True, help="Forget what the store learned before the run."),
 ) -> None:
-    """Route a simulated workload, learn from its outcomes, show the savings.
+    """Route a simulated workload through a litellm.Router with Tally installed, then
+    show what Tally learned, the money saved against always-the-best-model, and the
+    quality held.
 
-    Example: tally demo --calls 2000 --store /tmp/tally-demo
+    Offline: every deployment answers with a LiteLLM mock response whose tokens,
+    quality and outages come from the scenario. Without LiteLLM installed, the
+    workload goes to Tally directly.
+
+    Example: tally demo --calls 3000 --store /tmp/tally-demo
     """
     from rich.console import Console
     from rich.table import Table
 
     from tally_core.router import Tally, default_home
-    from tally_core.sim import load_scenario, simulate
+    from tally_core.sim import FixedRouter, load_scenario, simulate
 
     console = Console()
+    if not console.is_terminal:
+        # Piped: no terminal width to fit, so do not squeeze the table to 80 columns.
+        console = Console(width=120)
+
+    def say(text: str) -> None:
+        console.print(text, soft_wrap=True, markup=False)  # no wrapping, no [markup]
+
     try:
         sc = load_scenario(scenario)
     except TallyError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--scenario") from None
+        raise _bad_input(exc) from None
+    except (OSError, ValueError) as exc:  # an unreadable or malformed JSON file
+        raise _fail(f"--scenario: {exc}") from None
     where = store or default_home()
-    tally = Tally([m for m in sc.models], fallback=sc.fallback, store=where, seed=seed)
-    if fresh:
-        tally.store.reset()
-        tally.refresh()
-    router = _DemoRouter(tally)
-    console.print(f"Routing {calls} simulated calls ({sc.name}) through Tally; store: {where}")
-    if console.is_terminal:
-        from rich.progress import Progress
-
-        with Progress(console=console, transient=True) as progress:
-            bar = progress.add_task("routing", total=calls)
-            res = simulate(
-                sc,
-                [_Always(sc.fallback), router],
-                seed=seed,
-                calls=calls,
-                progress=lambda i: progress.update(bar, completed=i),
+    joined = {e.model for e in sc.events if e.join}
+    pool = [m for m in sc.models if (m if isinstance(m, str) else m["name"]) not in joined]
+    try:
+        tally = Tally(pool, fallback=sc.fallback, store=where, seed=seed)
+    except (TallyError, OSError) as exc:
+        raise _fail(f"--store: cannot use {where}: {exc}") from None
+    try:
+        if fresh:
+            tally.store.reset()
+            tally.refresh()
+        if console.is_terminal:
+            with console.status("Loading LiteLLM..."):
+                run_demo, why_not = _litellm_demo()
+        else:
+            run_demo, why_not = _litellm_demo()
+        if run_demo is not None:
+            how = "through a litellm.Router with Tally installed (mock responses, no network)"
+        else:
+            say(
+                f"Note: {why_not}; routing with Tally directly "
+                "(pip install 'tally-router[litellm]' to run through a litellm.Router)."
             )
-    else:
-        res = simulate(sc, [_Always(sc.fallback), router], seed=seed, calls=calls)
-    tally.flush(10.0)
-    base, ours = res["always-fallback"], res["tally"]
+            how = "through Tally"
+        say(f"Routing {calls} simulated calls ({sc.name}) {how}; store: {where}")
+        failed = 0
 
-    table = Table(title="What Tally learned (per task type)")
-    for col in ("task type", "floor", "routes to", "phase", "confidence", "share to cheapest"):
-        table.add_column(col)
-    cheapest = min(tally.catalog, key=lambda s: s.input_cost_per_mtok or 0.0).name
-    for name, spec in sc.tasks.items():
-        d = tally.route(task_type=name, quality_floor=spec.floor, **spec.envelope)
-        pt = ours.per_task[name]
-        share = pt["models"].get(cheapest, 0) / max(pt["calls"], 1)
-        floor = "parity" if spec.floor is None else f"{spec.floor:.2f}"
-        table.add_row(name, floor, d.model, d.phase, f"{d.confidence:.2f}", f"{share:.0%}")
-    console.print(table)
-    saved = base.cost_usd - ours.cost_usd
-    console.print(
-        f"Cost: ${ours.cost_usd:,.2f} with Tally vs ${base.cost_usd:,.2f} always on "
-        f"{sc.fallback}: saved ${saved:,.2f} ({saved / base.cost_usd:.0%})."
-    )
-    console.print(
-        f"Quality held: mean true quality {ours.mean_quality:.3f} vs {base.mean_quality:.3f}; "
-        f"calls below the floor after warm-up: {ours.violation_rate:.2%}."
-    )
-    tally.close()
+        def run(on_call: Callable[[int], None] | None) -> tuple[Any, Any]:
+            nonlocal failed
+            if run_demo is not None:
+                r = run_demo(sc, tally, calls=calls, seed=seed, on_call=on_call)
+                failed = r.failed_calls
+                if r.adapter_errors:
+                    errors = r.adapter_errors
+                    say(f"Adapter errors (failed open): {errors}")
+                return r.baseline, r.routed
+            best = FixedRouter("always-best", sc.fallback)
+            direct = _DemoRouter(tally, sc.models, on_call)
+            res = simulate(sc, [best, direct], seed=seed, calls=calls)
+            failed = res["tally"].errors
+            return res["always-best"], res["tally"]
+
+        if console.is_terminal:
+            from rich.progress import MofNCompleteColumn, Progress
+
+            columns = (*Progress.get_default_columns(), MofNCompleteColumn())
+            with Progress(*columns, console=console, transient=True) as progress:
+                bar = progress.add_task("routing", total=calls)
+                base, ours = run(lambda i: progress.update(bar, completed=i))
+        else:
+            base, ours = run(None)
+        tally.flush(10.0)
+
+        table = Table(title="What Tally learned (per task type)")
+        heads = ("task type", "floor", "routes to", "phase", "confidence", "share to cheapest")
+        for col in heads:
+            table.add_column(col)
+        cheapest = min(tally.catalog, key=lambda s: s.input_cost_per_mtok or 0.0).name
+        for name, spec in sc.tasks.items():
+            d = tally.route(task_type=name, quality_floor=spec.floor, **spec.envelope)
+            pt = ours.per_task[name]
+            share = pt["models"].get(cheapest, 0) / max(pt["calls"], 1)
+            floor = "parity" if spec.floor is None else f"{spec.floor:.2f}"
+            table.add_row(name, floor, d.model, d.phase, f"{d.confidence:.2f}", f"{share:.0%}")
+        console.print(table)
+        saved = base.cost_usd - ours.cost_usd
+        share_saved = saved / base.cost_usd if base.cost_usd else 0.0
+        say(
+            f"Cost: ${ours.cost_usd:,.2f} with Tally vs ${base.cost_usd:,.2f} always on "
+            f"{sc.fallback}: saved ${saved:,.2f} ({share_saved:.0%})."
+        )
+        met = 1.0 - ours.violation_rate
+        say(
+            f"Quality held: {met:.2%} of calls met their task's floor after warm-up "
+            f"({ours.violation_rate:.2%} below); mean true quality {ours.mean_quality:.3f} "
+            f"vs {base.mean_quality:.3f} always on {sc.fallback}."
+        )
+        if failed:
+            say(f"Provider errors: {failed} calls failed during the scenario's outage.")
+    finally:
+        tally.close()
 
 
 @app.command()
@@ -200,6 +271,828 @@ def stats(
             f"{r['cost_usd']:.4f}",
         )
     Console().print(table)
+
+
+# -- reports: report, savings, export, pricing, bench ---------------------------
+
+if TYPE_CHECKING:
+    from rich.text import Text
+
+    from tally_core.ledger import Ledger
+    from tally_core.reports import Report, Savings
+
+_STORE_HELP = "State directory (default $TALLY_HOME or ~/.tally)."
+_SINCE_HELP = "From (inclusive): ISO date or datetime, UTC unless it has an offset."
+_UNTIL_HELP = "Up to (exclusive); a bare date includes that whole day."
+_LEDGER = "ledger.sqlite3"
+_PALETTE = (
+    "cyan",
+    "magenta",
+    "green",
+    "yellow",
+    "blue",
+    "red",
+    "bright_cyan",
+    "bright_magenta",
+    "bright_green",
+    "bright_yellow",
+    "bright_blue",
+    "bright_red",
+)
+_GLYPHS = "█▓▒░▞▚"  # model mix: a glyph as well as a colour, so it reads without colour
+_EIGHTHS = " ▏▎▍▌▋▊▉"
+_SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    """Print a one-line error; ``raise _fail(...)`` exits with ``code``."""
+    typer.echo(f"tally: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _bad_input(exc: TallyError) -> typer.Exit:
+    from tally_core.errors import InvalidFieldError
+
+    if isinstance(exc, InvalidFieldError):
+        return _fail(f"--{exc.field.replace('_', '-')}: {exc.args[1]}")
+    return _fail(str(exc))
+
+
+def _choice(value: str, allowed: tuple[str, ...], option: str = "--format") -> str:
+    v = value.lower()
+    if v not in allowed:
+        raise _fail(f"{option}: must be one of {', '.join(allowed)}, got {value!r}")
+    return v
+
+
+def _store_path(store: str | None) -> tuple[Any, bool]:
+    """The store directory, and whether the user named it."""
+    from pathlib import Path
+
+    from tally_core.router import default_home
+
+    return Path(store or default_home()).expanduser(), store is not None
+
+
+def _open_ledger(store: str | None) -> Ledger:
+    """The store's ledger, read-only; a one-line error when there is none."""
+    from tally_core.ledger import Ledger
+
+    where, _ = _store_path(store)
+    path = where if where.is_file() else where / _LEDGER
+    if not path.is_file():
+        raise _fail(f"no Tally store at {where} (no {_LEDGER}); pass --store DIR or set TALLY_HOME")
+    try:
+        return Ledger(path, readonly=True)
+    except TallyError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _print_json(data: Any) -> None:
+    import json
+
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _usd(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"${x:,.2f}" if abs(x) >= 1 else f"${x:,.4f}"
+
+
+def _si(n: int) -> str:
+    """1234 -> 1.2k, 16573327 -> 16.6M (tables; JSON and CSV keep exact counts)."""
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.1f}{unit}"
+    return str(n)
+
+
+def _num(x: float | None, fmt: str = ".3f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _bar(frac: float, width: int = 20) -> str:
+    eighths = round(min(max(frac, 0.0), 1.0) * width * 8)
+    full, rest = divmod(eighths, 8)
+    return "█" * full + (_EIGHTHS[rest] if rest else "")
+
+
+def _spark(values: list[float | None], lo: float, hi: float) -> str:
+    out = []
+    for v in values:
+        if v is None:
+            out.append(" ")
+        else:
+            k = 0 if hi <= lo else round((v - lo) / (hi - lo) * (len(_SPARKS) - 1))
+            out.append(_SPARKS[min(max(k, 0), len(_SPARKS) - 1)])
+    return "".join(out)
+
+
+def _stacked(counts: dict[str, int], colors: dict[str, tuple[str, str]], width: int = 40) -> Text:
+    """One bar, a coloured segment per model (largest-remainder rounding)."""
+    from rich.text import Text
+
+    total = sum(counts.values()) or 1
+    raw = {m: c / total * width for m, c in counts.items()}
+    cells = {m: int(v) for m, v in raw.items()}
+    for m in sorted(raw, key=lambda m: raw[m] - cells[m], reverse=True)[
+        : width - sum(cells.values())
+    ]:
+        cells[m] += 1
+    text = Text()
+    for m, (glyph, style) in colors.items():
+        if cells.get(m):
+            text.append(glyph * cells[m], style=style)
+    return text
+
+
+def _when(ts: float | None) -> str:
+    from tally_core.reports import _iso
+
+    text = _iso(ts)
+    return "-" if text is None else text[:19].replace("T", " ")
+
+
+_ROLLUP_CSV = (
+    "section",
+    "bucket",
+    "start",
+    "org",
+    "task_type",
+    "model",
+    "calls",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "cost_share",
+    "errors",
+    "error_rate",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "quality_obs",
+    "mean_quality",
+)
+
+
+def _report_csv(rep: Report) -> str:
+    """The report as tidy rows: one ``section`` column, then the figures."""
+    from dataclasses import asdict
+
+    from tally_core.reports import _csv_text
+
+    rows: list[dict[str, Any]] = [{"section": "total", **asdict(rep.totals)}]
+    for section, col, rollups in (
+        ("model", "model", rep.by_model),
+        ("org", "org", rep.by_org),
+        ("task_type", "task_type", rep.by_task_type),
+        ("time", "bucket", rep.by_time),
+    ):
+        for r in rollups:
+            rows.append({"section": section, col: r.key, **asdict(r)})
+    rows += [{"section": "quality", **q} for q in rep.quality]
+    rows += [{"section": "quality_history", **q} for q in rep.quality_history]
+    for b in rep.mix:
+        for m, k in b["models"].items():
+            rows.append(
+                {
+                    "section": "mix",
+                    "bucket": b["bucket"],
+                    "start": b["start"],
+                    "model": m,
+                    "calls": k,
+                }
+            )
+    return _csv_text(rows, _ROLLUP_CSV)
+
+
+def _rollup_table(title: str, head: str, rollups: list[Any], with_bar: bool = True) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column(head)
+    for col in ("calls", "tokens in/out", "cost", "share"):
+        table.add_column(col, justify="right")
+    if with_bar:
+        table.add_column("")
+    for col in ("p50 ms", "p95 ms", "errors", "quality"):
+        table.add_column(col, justify="right")
+    for r in rollups:
+        row = [
+            r.key,
+            f"{r.calls:,}",
+            f"{_si(r.input_tokens)}/{_si(r.output_tokens)}",
+            _usd(r.cost_usd),
+            f"{r.cost_share:.0%}",
+        ]
+        if with_bar:
+            row.append(_bar(r.cost_share, 16))
+        row += [
+            _num(r.latency_p50_ms, ".0f"),
+            _num(r.latency_p95_ms, ".0f"),
+            f"{r.error_rate:.1%}",
+            _num(r.mean_quality),
+        ]
+        table.add_row(*row)
+    return table
+
+
+def _print_report(rep: Report, where: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console()
+    t = rep.totals
+    if rep.empty:
+        console.print(f"No calls in {where} for this selection.")
+        return
+    console.print(
+        f"[bold]{t.calls:,} calls[/bold], {_usd(t.cost_usd)}, "
+        f"{t.input_tokens:,} tokens in / {t.output_tokens:,} out; "
+        f"latency p50 {_num(t.latency_p50_ms, '.0f')} ms, p95 {_num(t.latency_p95_ms, '.0f')} ms; "
+        f"errors {t.error_rate:.1%}; mean quality {_num(t.mean_quality)}"
+    )
+    console.print(
+        f"[dim]Calls from {_when(rep.first_ts)} to {_when(rep.last_ts)} UTC; store {where}[/dim]"
+    )
+    console.print(_rollup_table("Cost by model", "model", rep.by_model))
+    if len(rep.by_org) > 1 or rep.filters.get("org"):
+        console.print(_rollup_table("Cost by org", "org", rep.by_org))
+    console.print(_rollup_table("Cost by task type", "task type", rep.by_task_type))
+    peak = max((r.cost_usd for r in rep.by_time), default=0.0) or 1.0
+    unit = "slice" if rep.bucket == "split" else rep.bucket
+    times = Table(title=f"Cost per {unit} (UTC)", title_justify="left")
+    for col, just in (
+        (unit, "left"),
+        ("calls", "right"),
+        ("cost", "right"),
+        ("", "left"),
+        ("p50 ms", "right"),
+        ("p95 ms", "right"),
+        ("errors", "right"),
+        ("quality", "right"),
+    ):
+        times.add_column(col, justify=just)  # type: ignore[arg-type]
+    for r in rep.by_time:
+        times.add_row(
+            r.key,
+            f"{r.calls:,}",
+            _usd(r.cost_usd),
+            _bar(r.cost_usd / peak, 24),
+            _num(r.latency_p50_ms, ".0f"),
+            _num(r.latency_p95_ms, ".0f"),
+            f"{r.error_rate:.1%}",
+            _num(r.mean_quality),
+        )
+    console.print(times)
+    colors = {
+        r.key: (_GLYPHS[i % len(_GLYPHS)], _PALETTE[i % len(_PALETTE)])
+        for i, r in enumerate(rep.by_model)
+    }
+    mix = Table(title=f"Model mix per {unit} (share of calls)", title_justify="left")
+    mix.add_column(unit)
+    mix.add_column("calls", justify="right")
+    mix.add_column("mix")
+    for b in rep.mix:
+        mix.add_row(b["bucket"], f"{b['calls']:,}", _stacked(b["models"], colors))
+    legend = Text("  ")
+    for m, (glyph, style) in colors.items():
+        legend.append(glyph * 2, style=style)
+        legend.append(f" {m}   ")
+    console.print(mix)
+    console.print(legend)
+    starts = [b["start"] for b in rep.mix]
+    series: dict[tuple[str, str], dict[float, float | None]] = {}
+    for h in rep.quality_history:
+        series.setdefault((h["task_type"], h["model"]), {})[h["start"]] = h["mean_quality"]
+    # One scale for the table, set by buckets with a few observations (a
+    # bucket of one pass/fail score would stretch it to 0-1); others clamp.
+    values = [h["mean_quality"] for h in rep.quality_history if h["quality_obs"] >= 5] or [
+        h["mean_quality"] for h in rep.quality_history if h["mean_quality"] is not None
+    ]
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    quality = Table(
+        title=f"Quality by task type and model (over time: ▁ = {lo:.2f}, █ = {hi:.2f})",
+        title_justify="left",
+    )
+    for col, just in (
+        ("task type", "left"),
+        ("model", "left"),
+        ("calls", "right"),
+        ("quality", "right"),
+        ("over time", "left"),
+    ):
+        quality.add_column(col, justify=just)  # type: ignore[arg-type]
+    previous = None
+    for q in rep.quality:
+        s = series.get((q["task_type"], q["model"]), {})
+        quality.add_row(
+            q["task_type"] if q["task_type"] != previous else "",
+            q["model"],
+            f"{q['calls']:,}",
+            _num(q["mean_quality"]),
+            _spark([s.get(st) for st in starts], lo, hi),
+        )
+        previous = q["task_type"]
+    console.print(quality)
+
+
+@app.command()
+def report(
+    store: str | None = typer.Option(None, help=_STORE_HELP),
+    since: str | None = typer.Option(None, help=_SINCE_HELP),
+    until: str | None = typer.Option(None, help=_UNTIL_HELP),
+    org: str | None = typer.Option(None, help="Only this org (tenant)."),
+    task_type: str | None = typer.Option(None, help="Only this task type."),
+    model: str | None = typer.Option(None, help="Only this model."),
+    by: str = typer.Option("auto", help="Time buckets: auto, day, hour or minute."),
+    format: str = typer.Option("table", "--format", "-f", help="table, json or csv."),
+) -> None:
+    """Cost, calls, tokens, latency, errors and quality by model, org, task type and time.
+
+    Also the model mix and the quality of each (task type, model) over time.
+
+    Examples: tally report | tally report --since 2025-06-01 --by day |
+    tally report --org acme --task-type code-debug --format json > report.json
+    """
+    from tally_core import reports
+
+    fmt = _choice(format, ("table", "json", "csv"))
+    by_ = _choice(by, reports.TIME_BUCKETS, "--by")
+    ledger = _open_ledger(store)
+    try:
+        rep = reports.report(
+            ledger,
+            since=since,
+            until=until,
+            org=org,
+            task_type=task_type,
+            model=model,
+            by=by_,  # type: ignore[arg-type]
+        )
+    except TallyError as exc:
+        raise _bad_input(exc) from None
+    finally:
+        ledger.close()
+    if fmt == "json":
+        _print_json(rep.to_dict())
+    elif fmt == "csv":
+        sys.stdout.write(_report_csv(rep))
+    else:
+        _print_report(rep, _store_path(store)[0])
+
+
+_SAVINGS_CSV = (
+    "task_type",
+    "calls",
+    "cost_usd",
+    "fallback_cost_usd",
+    "saved_usd",
+    "premium_quality",
+    "parity_model",
+    "parity_share",
+    "at_parity_share",
+    "at_floor_share",
+    "routed_calls",
+    "holdout_calls",
+    "routed_quality",
+    "holdout_quality",
+    "quality_diff",
+    "ci_low",
+    "ci_high",
+)
+
+
+def _savings_rows(sv: Savings) -> list[dict[str, Any]]:
+    rows = []
+    for name, item in [(t.task_type, t) for t in sv.per_task] + [("total", sv)]:
+        h = item.holdout
+        rows.append(
+            {
+                "task_type": name,
+                "calls": item.calls,
+                "cost_usd": item.cost_usd,
+                "fallback_cost_usd": item.fallback_cost_usd,
+                "saved_usd": item.saved_usd,
+                "premium_quality": getattr(item, "premium_quality", None),
+                "parity_model": getattr(item, "parity_model", None),
+                "parity_share": item.parity_share,
+                "at_parity_share": item.at_parity_share,
+                "at_floor_share": item.at_floor_share,
+                "routed_calls": h.routed_calls,
+                "holdout_calls": h.holdout_calls,
+                "routed_quality": h.routed_quality,
+                "holdout_quality": h.holdout_quality,
+                "quality_diff": h.diff,
+                "ci_low": h.ci_low,
+                "ci_high": h.ci_high,
+            }
+        )
+    return rows
+
+
+def _forest(diff: float | None, lo: float | None, hi: float | None, r: float) -> Text:
+    """The difference and its interval on a shared axis; │ marks zero."""
+    from rich.text import Text
+
+    width = 13
+    if diff is None or lo is None or hi is None:
+        return Text("")
+
+    def pos(x: float) -> int:
+        return min(width - 1, max(0, round((x + r) / (2 * r) * (width - 1))))
+
+    chars = [" "] * width
+    for i in range(pos(lo), pos(hi) + 1):
+        chars[i] = "─"
+    z = pos(0.0)
+    chars[z] = "┼" if chars[z] == "─" else "│"
+    chars[pos(diff)] = "●"
+    style = "red" if hi < 0 else ("green" if lo > 0 else "")
+    return Text("".join(chars), style=style)
+
+
+def _print_savings(sv: Savings, where: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if sv.empty:
+        console.print(f"No calls in {where} for this selection.")
+        return
+    fb = sv.fallback or "the fallback"
+    console.print(
+        f"[bold]Cost {_usd(sv.cost_usd)}[/bold] for {sv.calls:,} calls, against "
+        f"{_usd(sv.fallback_cost_usd)} had every call gone to {fb} at the prices in force: "
+        f"[bold]saved {_usd(sv.saved_usd)} ({sv.saved_share:.1%})[/bold]."
+    )
+    if sv.unpriced_calls:
+        console.print(
+            f"[dim]{sv.unpriced_calls:,} calls had no token counts or no price for {fb}: "
+            "counted at their actual cost.[/dim]"
+        )
+    console.print(
+        f"Served by a cheaper model whose quality cleared the call's floor: "
+        f"[bold]{sv.at_floor_share:.1%}[/bold]; within {sv.tolerance:g} of {fb}'s quality: "
+        f"{sv.at_parity_share:.1%} ({sv.parity_share:.1%} by each task's cheapest such model)."
+    )
+    h = sv.holdout
+    if h.holdout_calls == 0:
+        console.print(
+            "No holdout calls: create Tally with holdout=0.05 to measure quality against "
+            f"a control group of calls sent to {fb} at random."
+        )
+    elif h.diff is None:
+        console.print(f"Holdout: {h.holdout_calls:,} calls, too few per task type for an interval.")
+    else:
+        console.print(
+            f"Holdout control group: {h.holdout_calls:,} calls sent to {fb} at random. "
+            f"Quality routed {_num(h.routed_quality)} vs holdout {_num(h.holdout_quality)}: "
+            f"difference [bold]{h.diff:+.3f}[/bold] "
+            f"({h.confidence:.0%} CI {h.ci_low:+.3f} to {h.ci_high:+.3f})."
+        )
+    bounds = [
+        abs(x) for t in sv.per_task for x in (t.holdout.ci_low, t.holdout.ci_high) if x is not None
+    ]
+    r = max(bounds, default=0.1) or 0.1
+    table = Table(title=f"Per task type (against {fb})", title_justify="left")
+    for col, just in (
+        ("task type", "left"),
+        ("calls", "right"),
+        ("cost", "right"),
+        ("saved", "right"),
+        ("≥ floor", "right"),
+        ("holdout", "right"),
+        ("q diff", "right"),
+        (f"{sv.holdout.confidence:.0%} CI", "right"),
+        (f"-{r:.2f} │ +{r:.2f}", "center"),
+    ):
+        table.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
+    for t in sv.per_task:
+        th = t.holdout
+        ci = (
+            "-"
+            if th.ci_low is None or th.ci_high is None
+            else f"[{th.ci_low:+.3f}, {th.ci_high:+.3f}]"
+        )
+        table.add_row(
+            t.task_type,
+            f"{t.calls:,}",
+            _usd(t.cost_usd),
+            f"{t.saved_usd / t.fallback_cost_usd:.0%}" if t.fallback_cost_usd else "-",
+            f"{t.at_floor_share:.0%}",
+            f"{th.holdout_calls:,}",
+            _num(th.diff, "+.3f"),
+            ci,
+            _forest(th.diff, th.ci_low, th.ci_high, r),
+        )
+    console.print(table)
+    console.print(
+        "[dim]≥ floor: calls on a cheaper model whose mean quality on the task cleared "
+        "the call's floor. holdout: calls in the control group. q diff: routed minus "
+        f"holdout quality. Interval: {sv.method}.[/dim]"
+    )
+
+
+@app.command()
+def savings(
+    store: str | None = typer.Option(None, help=_STORE_HELP),
+    since: str | None = typer.Option(None, help=_SINCE_HELP),
+    until: str | None = typer.Option(None, help=_UNTIL_HELP),
+    org: str | None = typer.Option(None, help="Only this org (tenant)."),
+    task_type: str | None = typer.Option(None, help="Only this task type."),
+    fallback: str | None = typer.Option(
+        None, help="The premium model to compare with (default: the holdout calls' model)."
+    ),
+    tolerance: float = typer.Option(
+        0.02, min=0.0, max=1.0, help="Quality within this of the fallback's counts as parity."
+    ),
+    confidence: float = typer.Option(
+        0.95, min=0.5, max=0.999, help="Confidence level of the intervals."
+    ),
+    format: str = typer.Option("table", "--format", "-f", help="table, json or csv."),
+) -> None:
+    """The proof: cost against always-the-fallback, quality against a holdout group.
+
+    Actual cost against every call on the fallback model at the prices in force
+    at each call's time; the share of calls a cheaper model served at the floor
+    or at parity; and quality against the holdout control group
+    (Tally(holdout=0.05)) with confidence intervals.
+
+    Examples: tally savings | tally savings --since 2025-06-01 --tolerance 0.03 |
+    tally savings --format json
+    """
+    from tally_core import reports
+
+    fmt = _choice(format, ("table", "json", "csv"))
+    ledger = _open_ledger(store)
+    try:
+        sv = reports.savings(
+            ledger,
+            fallback=fallback,
+            since=since,
+            until=until,
+            org=org,
+            task_type=task_type,
+            tolerance=tolerance,
+            confidence=confidence,
+        )
+    except TallyError as exc:
+        raise _bad_input(exc) from None
+    finally:
+        ledger.close()
+    if fmt == "json":
+        _print_json(sv.to_dict())
+    elif fmt == "csv":
+        sys.stdout.write(reports._csv_text(_savings_rows(sv), _SAVINGS_CSV))
+    else:
+        _print_savings(sv, _store_path(store)[0])
+
+
+@app.command()
+def export(
+    store: str | None = typer.Option(None, help=_STORE_HELP),
+    format: str = typer.Option("jsonl", "--format", "-f", help="csv, json or jsonl."),
+    output: str | None = typer.Option(
+        None, "--output", "-o", help="File to write (default: standard output)."
+    ),
+    since: str | None = typer.Option(None, help=_SINCE_HELP),
+    until: str | None = typer.Option(None, help=_UNTIL_HELP),
+    org: str | None = typer.Option(None, help="Only this org (tenant)."),
+    task_type: str | None = typer.Option(None, help="Only this task type."),
+    model: str | None = typer.Option(None, help="Only this model."),
+) -> None:
+    """The call log, every column, as CSV, JSON or JSONL.
+
+    Streamed, so any ledger size fits. CSV: an empty cell is NULL; tags and
+    slugs are JSON lists. A progress bar shows on a terminal.
+
+    Examples: tally export -f csv -o calls.csv | tally export --since 2025-06-01 |
+    tally export -f json --org acme > acme.json
+    """
+    from rich.console import Console
+
+    from tally_core import reports
+
+    fmt = _choice(format, reports.EXPORT_FORMATS)
+    ledger = _open_ledger(store)
+    try:
+        f = reports._filters(since, until, org, task_type, model)
+        err = Console(stderr=True)
+        to_terminal = output is None and sys.stdout.isatty()
+        if err.is_terminal and not to_terminal:
+            from rich.progress import Progress
+
+            total = ledger.count(**f)
+            # No stdout redirect: the export itself may be going to stdout.
+            with Progress(
+                console=err, transient=True, redirect_stdout=False, redirect_stderr=False
+            ) as progress:
+                bar = progress.add_task("exporting", total=total)
+                n = reports.export(
+                    ledger,
+                    output if output is not None else sys.stdout,
+                    fmt,  # type: ignore[arg-type]
+                    **f,
+                    progress=lambda k: progress.update(bar, completed=k),
+                )
+            err.print(f"{n:,} calls exported" + (f" to {output}" if output else ""))
+        else:
+            reports.export(
+                ledger,
+                output if output is not None else sys.stdout,
+                fmt,  # type: ignore[arg-type]
+                **f,
+            )
+    except TallyError as exc:
+        raise _bad_input(exc) from None
+    except BrokenPipeError:
+        # The reader went away (`tally export | head`): stop quietly.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(0) from None
+    except OSError as exc:
+        where = output or "standard output"
+        raise _fail(f"cannot write {where}: {exc.strerror or exc}", 1) from None
+    finally:
+        ledger.close()
+
+
+def _source_kind(source: str) -> str:
+    kind = source.split(":", 1)[0]
+    if kind == "ledger":  # a price only the ledger knows, e.g. a user override
+        return f"ledger ({_source_kind(source.split(':', 1)[1])})"
+    return {
+        "litellm-map": "litellm",
+        "refreshed-map": "refreshed",
+        "tally-snapshot": "snapshot",
+    }.get(kind, kind)
+
+
+@app.command()
+def pricing(
+    store: str | None = typer.Option(None, help=_STORE_HELP),
+    models: str | None = typer.Option(
+        None, help="Comma-separated models (default: every model the store's ledger knows)."
+    ),
+    refresh: bool = typer.Option(
+        False, "--refresh", help="Download LiteLLM's published price map into the store first."
+    ),
+    url: str | None = typer.Option(None, help="Price map to download (default: LiteLLM's)."),
+    timeout: float = typer.Option(10.0, min=0.1, help="Download timeout in seconds."),
+    format: str = typer.Option("table", "--format", "-f", help="table, json or csv."),
+) -> None:
+    """The model catalog as Tally sees it, and where each price came from.
+
+    Prices per million tokens, context window and tool support, from LiteLLM's
+    installed map, a map refreshed into the store, Tally's snapshot, or a user
+    override.
+
+    --refresh downloads LiteLLM's price map into the store, records each price
+    change with its date in the ledger (calls keep the price of their time, so
+    past reports do not change), and Tally instances created on the store
+    afterwards use it.
+
+    Examples: tally pricing | tally pricing --models gpt-4o,claude-haiku-4-5 |
+    tally pricing --refresh
+    """
+    from dataclasses import asdict
+
+    from tally_core import reports
+    from tally_core.catalog import PRICE_MAP_URL, store_price_map
+    from tally_core.ledger import Ledger
+
+    fmt = _choice(format, ("table", "json", "csv"))
+    where, named = _store_path(store)
+    wanted = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    if not where.is_dir() and (named or refresh or wanted is None):
+        raise _fail(f"no Tally store at {where}; pass --store DIR or set TALLY_HOME")
+    ledger_path = where / _LEDGER
+    ledger: Ledger | None = None
+    changes: list[dict[str, Any]] = []
+    try:
+        if refresh:
+            ledger = Ledger(ledger_path) if ledger_path.is_file() else None
+            changes = reports.refresh_prices(
+                where, ledger, url=url or PRICE_MAP_URL, timeout=timeout
+            )
+            if ledger is not None:
+                ledger.close()
+        ledger = Ledger(ledger_path, readonly=True) if ledger_path.is_file() else None
+        if wanted is None and ledger is None:
+            raise _fail(f"no ledger in {where}: pass --models to look models up")
+        rows = reports.pricing(wanted, ledger=ledger, price_map=store_price_map(where))
+    except TallyError as exc:
+        raise _fail(str(exc), 1) from None
+    finally:
+        if ledger is not None:
+            ledger.close()
+    if fmt == "json":
+        _print_json(
+            {
+                "models": [asdict(r) for r in rows],
+                "refreshed": refresh,
+                "changes": changes,
+            }
+        )
+        return
+    if fmt == "csv":
+        cols = tuple(f for f in asdict(rows[0])) if rows else ("model",)
+        sys.stdout.write(reports._csv_text([asdict(r) for r in rows], cols))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if refresh:
+        console.print(
+            f"Price map saved to {where / 'model_prices.json'}; "
+            f"{len(changes)} price change(s) recorded in the ledger."
+        )
+        for c in changes:
+            old = (
+                "new"
+                if c["old_input_cost_per_mtok"] is None
+                else f"${c['old_input_cost_per_mtok']:g}/${c['old_output_cost_per_mtok']:g}"
+            )
+            console.print(
+                f"  {c['model']}: {old} -> ${c['input_cost_per_mtok']:g}/"
+                f"${c['output_cost_per_mtok']:g} per M tokens from {_when(c['ts'])} UTC"
+            )
+    table = Table(title="Model catalog (USD per million tokens)", title_justify="left")
+    for col, just in (
+        ("model", "left"),
+        ("provider", "left"),
+        ("input", "right"),
+        ("output", "right"),
+        ("context", "right"),
+        ("tools", "left"),
+        ("source", "left"),
+        ("in force since", "left"),
+    ):
+        table.add_column(col, justify=just, no_wrap=col != "provider")  # type: ignore[arg-type]
+    for r in rows:
+        table.add_row(
+            r.model,
+            r.provider or "-",
+            _num(r.input_cost_per_mtok, "g"),
+            _num(r.output_cost_per_mtok, "g"),
+            "-" if r.context_window is None else f"{r.context_window:,}",
+            "-" if r.supports_tools is None else ("yes" if r.supports_tools else "no"),
+            _source_kind(r.source),
+            _when(r.recorded_since)[:16],
+        )
+    console.print(table)
+    notes = {
+        "litellm": "LiteLLM's installed price map, read as a data file",
+        "refreshed": "the map `tally pricing --refresh` saved in the store",
+        "snapshot": "the snapshot shipped with Tally",
+    }
+    for src in sorted({r.source for r in rows if ":" in r.source and r.source[:7] != "ledger:"}):
+        kind = _source_kind(src)
+        console.print(f"[dim]{kind}: {notes.get(kind, kind)} ({src.split(':', 1)[1]})[/dim]")
+    console.print(
+        "[dim]in force since: when the store's ledger recorded this price (UTC); calls keep "
+        "the price in force at their time.[/dim]"
+    )
+
+
+@app.command(
+    context_settings={
+        "allow_extra_args": True,
+        "ignore_unknown_options": True,
+        "allow_interspersed_args": False,
+    }
+)
+def bench(ctx: typer.Context) -> None:
+    """Benchmarks: tally bench overhead|routing ... (see tally bench routing --help).
+
+    overhead: route/telemetry latency, throughput, import time. routing:
+    routers compared on a simulated workload. Arguments go to
+    python -m tally_core.bench; with tally_litellm installed, routing includes
+    LiteLLM's Adaptive Router.
+
+    Examples: tally bench overhead --quick | tally bench routing --calls 5000 |
+    tally bench routing --help
+    """
+    from tally_core import bench as bench_mod
+
+    extra: Any = None
+    if ctx.args[:1] != ["overhead"] and not {"-h", "--help"} & set(ctx.args):
+        import os
+
+        # Benchmarks price from LiteLLM's bundled map: reproducible, and no
+        # wait on a download (set before litellm is first imported, below).
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        try:  # lazily: it imports litellm, which `tally --help` must not pay for
+            from tally_litellm.baseline import ROUTERS
+
+            extra = ROUTERS
+        except ImportError:
+            extra = None
+    raise typer.Exit(bench_mod.main(ctx.args, extra=extra, prog="tally bench"))
 
 
 def main() -> None:

@@ -8,17 +8,19 @@ Never any prompt or completion text: the row has no column that could hold it.
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tally_core.errors import StoreError
 
-__all__ = ["COLUMNS", "Ledger"]
+__all__ = ["COLUMNS", "Ledger", "PriceRecord"]
 
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("event_id", "TEXT PRIMARY KEY"),
@@ -56,6 +58,16 @@ _JSON_COLS = ("tags", "slugs")
 _FILTERS = {"org": "org = ?", "task_type": "task_type = ?", "model": "model = ?"}
 
 
+class PriceRecord(NamedTuple):
+    """A model's price from ``ts`` on (USD per million tokens) and where it came from."""
+
+    ts: float
+    model: str
+    input_cost_per_mtok: float
+    output_cost_per_mtok: float
+    source: str
+
+
 class Ledger:
     """The call log. ``path=":memory:"`` keeps it in memory (tests, simulations).
 
@@ -68,9 +80,17 @@ class Ledger:
     ('gpt-4o-mini', ['incomplete'])
     """
 
-    def __init__(self, path: str | os.PathLike[str] = ":memory:") -> None:
+    def __init__(
+        self, path: str | os.PathLike[str] = ":memory:", *, readonly: bool = False
+    ) -> None:
         self.path = str(path)
+        self.readonly = readonly
+        self._has_prices = True
         self._lock = threading.Lock()
+        if readonly:
+            self._open_readonly()
+            self._closed = False
+            return
         try:
             if self.path != ":memory:":
                 Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -93,6 +113,29 @@ class Ledger:
             raise StoreError(f"cannot open ledger at {self.path}: {exc}") from exc
         self._closed = False
 
+    def _open_readonly(self) -> None:
+        # Reports open an existing ledger without ever writing to it (and
+        # without creating one where there was none).
+        path = Path(self.path).expanduser()
+        if self.path == ":memory:" or not path.is_file():
+            raise StoreError(f"no ledger at {self.path}")
+        self.path = str(path)
+        try:
+            self._db = sqlite3.connect(
+                f"{path.resolve().as_uri()}?mode=ro",
+                uri=True,
+                check_same_thread=False,
+                timeout=30.0,
+                isolation_level=None,
+            )
+            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open ledger at {self.path}: {exc}") from exc
+        if "calls" not in tables:
+            self._db.close()
+            raise StoreError(f"{self.path} is not a Tally ledger (no calls table)")
+        self._has_prices = "prices" in tables
+
     def append(self, rows: Sequence[dict[str, Any]]) -> int:
         """Insert rows (a missing column is NULL); a known ``event_id`` is skipped.
 
@@ -101,7 +144,7 @@ class Ledger:
         if not rows:
             return 0
         marks = ", ".join("?" for _ in _NAMES)
-        values = [tuple(_encode(c, r.get(c)) for c in _NAMES) for r in rows]
+        values = [_encode_row(r) for r in rows]
         with self._lock:
             try:
                 before = self._db.total_changes
@@ -153,6 +196,78 @@ class Ledger:
         with self._lock:
             self._db.executemany("INSERT INTO prices VALUES (?, ?, ?, ?, ?)", list(rows))
 
+    def sync_prices(
+        self,
+        prices: Iterable[tuple[str, float | None, float | None, str]],
+        *,
+        ts: float | None = None,
+    ) -> list[PriceRecord]:
+        """Record ``(model, input, output, source)`` prices that differ from the
+        price in force (the model's latest record); return what was recorded.
+
+        Append-only: a call keeps the price that was in force at its time, so
+        past reports do not change when prices do.
+
+        >>> led = Ledger(":memory:")
+        >>> [r.model for r in led.sync_prices([("m", 1.0, 2.0, "user")], ts=10.0)]
+        ['m']
+        >>> led.sync_prices([("m", 1.0, 2.0, "map")], ts=20.0)
+        []
+        >>> led.price_at("m", 5.0).input_cost_per_mtok, led.price_at("m", 30.0).ts
+        (1.0, 10.0)
+        """
+        when = time.time() if ts is None else float(ts)
+        wanted = [
+            (m, float(i), float(o), src)
+            for m, i, o, src in prices
+            if i is not None and o is not None
+        ]
+        if not wanted:
+            return []
+        out: list[PriceRecord] = []
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                for model, inp, outp, source in wanted:
+                    cur = self._db.execute(
+                        "SELECT input_cost_per_mtok, output_cost_per_mtok FROM prices "
+                        "WHERE model = ? AND ts <= ? ORDER BY ts DESC, rowid DESC LIMIT 1",
+                        (model, when),
+                    ).fetchone()
+                    if cur is not None and _same(cur[0], inp) and _same(cur[1], outp):
+                        continue
+                    rec = PriceRecord(when, model, inp, outp, source)
+                    self._db.execute("INSERT INTO prices VALUES (?, ?, ?, ?, ?)", tuple(rec))
+                    out.append(rec)
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise StoreError(f"ledger write failed: {exc}") from exc
+        return out
+
+    def prices(self, model: str | None = None) -> list[PriceRecord]:
+        """The price history, oldest first (one model's, or every model's)."""
+        if not self._has_prices:
+            return []
+        sql = "SELECT ts, model, input_cost_per_mtok, output_cost_per_mtok, source FROM prices"
+        args: tuple[Any, ...] = ()
+        if model is not None:
+            sql += " WHERE model = ?"
+            args = (model,)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY ts, rowid", args).fetchall()
+        return [PriceRecord(*r) for r in rows]
+
+    def price_at(self, model: str, ts: float) -> PriceRecord | None:
+        """The price of ``model`` in force at ``ts``: its latest record at or
+        before ``ts``, else its earliest record (the ledger knew no older
+        price), else None."""
+        history = self.prices(model)
+        if not history:
+            return None
+        i = bisect.bisect_right([r.ts for r in history], ts)
+        return history[max(i - 1, 0)]
+
     def rows(
         self,
         *,
@@ -164,43 +279,165 @@ class Ledger:
         batch_size: int = 1000,
     ) -> Iterator[dict[str, Any]]:
         """Rows in time order, filtered; streamed in batches so any size fits."""
-        where: list[str] = []
-        args: list[Any] = []
-        if since is not None:
-            where.append("ts >= ?")
-            args.append(since)
-        if until is not None:
-            where.append("ts < ?")
-            args.append(until)
-        for name, value in (("org", org), ("task_type", task_type), ("model", model)):
-            if value is not None:
-                where.append(_FILTERS[name])
-                args.append(value)
-        sql = f"SELECT {', '.join(_NAMES)} FROM calls"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY ts, rowid"
-        offset = 0
+        for row in self.select(
+            _NAMES,
+            since=since,
+            until=until,
+            org=org,
+            task_type=task_type,
+            model=model,
+            batch_size=batch_size,
+        ):
+            yield _decode(row)
+
+    def select(
+        self,
+        columns: Sequence[str],
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        org: str | None = None,
+        task_type: str | None = None,
+        model: str | None = None,
+        batch_size: int = 1000,
+    ) -> Iterator[tuple[Any, ...]]:
+        """Raw values of ``columns`` (JSON columns undecoded), in time order.
+
+        Pages by (ts, rowid), not OFFSET, so reading a million rows stays
+        linear; the lock is released between pages, so writers are not held up.
+        """
+        bad = [c for c in columns if c not in _NAMES]
+        if bad:
+            raise ValueError(f"unknown ledger columns: {bad}")
+        where, args = _where(since, until, org, task_type, model)
+        head = f"SELECT rowid, {', '.join(columns)} FROM calls"
+        order = " ORDER BY ts, rowid LIMIT ?"
+        ts_at = list(columns).index("ts") + 1 if "ts" in columns else None
+        if ts_at is None:
+            head = f"SELECT rowid, {', '.join(columns)}, ts FROM calls"
+            ts_at = len(columns) + 1
+        width = len(columns) + 1
+        last: tuple[float, int] | None = None
         while True:
+            cond = list(where)
+            params = list(args)
+            if last is not None:
+                # Written so SQLite searches the ts index instead of scanning.
+                cond.append("ts >= ? AND (ts > ? OR rowid > ?)")
+                params += [last[0], last[0], last[1]]
+            sql = head + (" WHERE " + " AND ".join(cond) if cond else "") + order
             with self._lock:
-                batch = self._db.execute(
-                    sql + " LIMIT ? OFFSET ?", (*args, batch_size, offset)
-                ).fetchall()
+                batch = self._db.execute(sql, (*params, batch_size)).fetchall()
             for row in batch:
-                yield _decode(row)
+                yield tuple(row[1:width])
             if len(batch) < batch_size:
                 return
-            offset += batch_size
+            last = (batch[-1][ts_at], batch[-1][0])
 
-    def count(self) -> int:
+    def models(self) -> list[str]:
+        """Every model the ledger has a call or a price for, sorted."""
+        sql = "SELECT DISTINCT model FROM calls"
+        if self._has_prices:
+            sql += " UNION SELECT DISTINCT model FROM prices"
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0])
+            return sorted(r[0] for r in self._db.execute(sql))
+
+    def count(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        org: str | None = None,
+        task_type: str | None = None,
+        model: str | None = None,
+    ) -> int:
+        """Rows matching the filters (every row by default)."""
+        return self.span(since=since, until=until, org=org, task_type=task_type, model=model)[0]
+
+    def model_summary(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        org: str | None = None,
+        task_type: str | None = None,
+    ) -> dict[str, tuple[int, int, float | None]]:
+        """Per model: (calls, holdout calls, highest input + output price per M
+        tokens recorded on its calls), for the rows matching the filters."""
+        where, args = _where(since, until, org, task_type, None)
+        sql = (
+            "SELECT model, COUNT(*), SUM(CASE WHEN holdout THEN 1 ELSE 0 END), "
+            "MAX(input_cost_per_mtok + output_cost_per_mtok) FROM calls"
+        )
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._lock:
+            rows = self._db.execute(sql + " GROUP BY model", args).fetchall()
+        return {m: (int(n), int(h or 0), p) for m, n, h, p in rows}
+
+    def span(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        org: str | None = None,
+        task_type: str | None = None,
+        model: str | None = None,
+    ) -> tuple[int, float | None, float | None]:
+        """(rows, first ts, last ts) matching the filters."""
+        where, args = _where(since, until, org, task_type, model)
+        sql = "SELECT COUNT(*), MIN(ts), MAX(ts) FROM calls"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._lock:
+            n, lo, hi = self._db.execute(sql, args).fetchone()
+        return int(n), lo, hi
 
     def close(self) -> None:
         with self._lock:
             if not self._closed:
                 self._closed = True
                 self._db.close()
+
+
+_JSON_AT = tuple(i for i, c in enumerate(_NAMES) if c in _JSON_COLS)
+
+
+def _encode_row(row: dict[str, Any]) -> list[Any]:
+    """A row's values in column order (sqlite3 stores bools as 0/1 itself)."""
+    get = row.get
+    values: list[Any] = [get(c) for c in _NAMES]
+    for i in _JSON_AT:
+        v = values[i]
+        if v is not None:
+            values[i] = json.dumps(list(v)) if v else "[]"
+    return values
+
+
+def _where(
+    since: float | None,
+    until: float | None,
+    org: str | None,
+    task_type: str | None,
+    model: str | None,
+) -> tuple[list[str], list[Any]]:
+    where: list[str] = []
+    args: list[Any] = []
+    if since is not None:
+        where.append("ts >= ?")
+        args.append(since)
+    if until is not None:
+        where.append("ts < ?")
+        args.append(until)
+    for name, value in (("org", org), ("task_type", task_type), ("model", model)):
+        if value is not None:
+            where.append(_FILTERS[name])
+            args.append(value)
+    return where, args
+
+
+def _same(a: float | None, b: float) -> bool:
+    return a is not None and abs(float(a) - b) <= 1e-12 * max(1.0, abs(b))
 
 
 def _encode(col: str, value: Any) -> Any:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +99,46 @@ def test_import_is_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_price_source_per_model() -> None:
+    cat = Catalog(
+        [
+            "gpt-4o-mini",
+            ModelSpec(name="gpt-4o", input_cost_per_mtok=2.0),
+            ModelSpec(name="mine", input_cost_per_mtok=0.1, output_cost_per_mtok=0.2),
+        ]
+    )
+    assert cat.price_source("gpt-4o-mini") == cat.source
+    assert cat.price_source("gpt-4o") == f"user+{cat.source}"
+    assert cat.price_source("mine") == "user"
+    rows = {name: (i, o, src) for name, i, o, src in cat.price_rows()}
+    assert rows["gpt-4o"][:2] == (2.0, pytest.approx(10.0))
+    assert rows["mine"] == (0.1, 0.2, "user")
+
+
+def test_store_price_map_is_read_first(tmp_path: Path) -> None:
+    import json
+
+    assert catalog_mod.store_price_map(tmp_path) is None
+    assert catalog_mod.store_price_map(":memory:") is None
+    entry = {"input_cost_per_token": 1e-6, "output_cost_per_token": 3e-6, "mode": "chat"}
+    raw = {f"m{i}": entry for i in range(10)} | {"gpt-4o": {**entry, "litellm_provider": "x"}}
+    catalog_mod.save_price_map(tmp_path, json.dumps(raw))
+    path = catalog_mod.store_price_map(tmp_path)
+    assert path == tmp_path / catalog_mod.STORE_PRICE_MAP
+    cat = Catalog(["gpt-4o"], price_map=path)
+    assert cat["gpt-4o"].input_cost_per_mtok == pytest.approx(1.0)
+    assert cat.price_source("gpt-4o").startswith("refreshed-map:")
+    with pytest.raises(InvalidFieldError):
+        catalog_mod.save_price_map(tmp_path, "{}")
+
+
+def test_fetch_failure_is_one_line() -> None:
+    from tally_core import TallyError
+
+    with pytest.raises(TallyError) as info:
+        catalog_mod.fetch_price_map("http://127.0.0.1:9/x.json", timeout=2.0)
+    assert str(info.value).startswith("cannot download the price map") and "\n" not in str(
+        info.value
+    )
