@@ -29,9 +29,14 @@ class _DemoRouter:
     name = "tally"
 
     def __init__(
-        self, tally: Any, models: list[Any], on_call: Callable[[int], None] | None = None
+        self,
+        tally: Any,
+        models: list[Any],
+        on_call: Callable[[int], None] | None = None,
+        org: str = "default",
     ) -> None:
         self.tally = tally
+        self.org = org
         self._specs = {m if isinstance(m, str) else m["name"]: m for m in models}
         self._on_call = on_call
         self._last: Any = None
@@ -41,7 +46,7 @@ class _DemoRouter:
         for name in pool:
             if name not in self.tally.catalog:  # a model that joins mid-run
                 self.tally.add_model(self._specs[name])
-        self._last = self.tally.route(envelope)
+        self._last = self.tally.route(envelope, org=self.org)
         return str(self._last.model)
 
     def observe(
@@ -74,6 +79,14 @@ class _DemoRouter:
             self._on_call(self.calls)
 
 
+def _console() -> Any:
+    """A rich console; piped, 120 columns wide rather than squeezed into 80."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=120)
+
+
 def _litellm_demo() -> tuple[Any, str | None]:
     """``tally_litellm.demo.run_demo``, or None and why not (LiteLLM missing or broken)."""
     import importlib.util
@@ -100,7 +113,18 @@ def demo(
     scenario: str = typer.Option("seed-landscape", help="Shipped scenario name or JSON path."),
     store: str = typer.Option(None, help="State directory (default $TALLY_HOME or ~/.tally)."),
     seed: int = typer.Option(1, help="Seed for the workload and the router."),
-    fresh: bool = typer.Option(True, help="Forget what the store learned before the run."),
+    fresh: bool = typer.Option(
+        True, help="Forget what the demo org learned before (never touches other orgs)."
+    ),
+    org: str = typer.Option(
+        "demo", help="Org the demo's calls are learned and logged under (tally report --org)."
+    ),
+    holdout: float = typer.Option(
+        0.05,
+        min=0.0,
+        max=0.5,
+        help="Share of calls sent to the fallback as a control group (for tally savings).",
+    ),
 ) -> None:
     """Route a simulated workload through a litellm.Router with Tally installed, then
     show what Tally learned, the money saved against always-the-best-model, and the
@@ -112,16 +136,12 @@ def demo(
 
     Example: tally demo --calls 3000 --store /tmp/tally-demo
     """
-    from rich.console import Console
     from rich.table import Table
 
     from tally_core.router import Tally, default_home
     from tally_core.sim import FixedRouter, load_scenario, simulate
 
-    console = Console()
-    if not console.is_terminal:
-        # Piped: no terminal width to fit, so do not squeeze the table to 80 columns.
-        console = Console(width=120)
+    console = _console()
 
     def say(text: str) -> None:
         console.print(text, soft_wrap=True, markup=False)  # no wrapping, no [markup]
@@ -136,12 +156,12 @@ def demo(
     joined = {e.model for e in sc.events if e.join}
     pool = [m for m in sc.models if (m if isinstance(m, str) else m["name"]) not in joined]
     try:
-        tally = Tally(pool, fallback=sc.fallback, store=where, seed=seed)
+        tally = Tally(pool, fallback=sc.fallback, store=where, seed=seed, holdout=holdout)
     except (TallyError, OSError) as exc:
         raise _fail(f"--store: cannot use {where}: {exc}") from None
     try:
         if fresh:
-            tally.store.reset()
+            tally.store.reset(org=org)  # the demo's own state only
             tally.refresh()
         if console.is_terminal:
             with console.status("Loading LiteLLM..."):
@@ -162,14 +182,14 @@ def demo(
         def run(on_call: Callable[[int], None] | None) -> tuple[Any, Any]:
             nonlocal failed
             if run_demo is not None:
-                r = run_demo(sc, tally, calls=calls, seed=seed, on_call=on_call)
+                r = run_demo(sc, tally, calls=calls, seed=seed, on_call=on_call, org=org)
                 failed = r.failed_calls
                 if r.adapter_errors:
                     errors = r.adapter_errors
                     say(f"Adapter errors (failed open): {errors}")
                 return r.baseline, r.routed
             best = FixedRouter("always-best", sc.fallback)
-            direct = _DemoRouter(tally, sc.models, on_call)
+            direct = _DemoRouter(tally, sc.models, on_call, org=org)
             res = simulate(sc, [best, direct], seed=seed, calls=calls)
             failed = res["tally"].errors
             return res["always-best"], res["tally"]
@@ -190,8 +210,9 @@ def demo(
         for col in heads:
             table.add_column(col)
         cheapest = min(tally.catalog, key=lambda s: s.input_cost_per_mtok or 0.0).name
+        tally.holdout = 0.0  # the table shows the routing, not the control group
         for name, spec in sc.tasks.items():
-            d = tally.route(task_type=name, quality_floor=spec.floor, **spec.envelope)
+            d = tally.route(task_type=name, quality_floor=spec.floor, org=org, **spec.envelope)
             pt = ours.per_task[name]
             share = pt["models"].get(cheapest, 0) / max(pt["calls"], 1)
             floor = "parity" if spec.floor is None else f"{spec.floor:.2f}"
@@ -211,6 +232,12 @@ def demo(
         )
         if failed:
             say(f"Provider errors: {failed} calls failed during the scenario's outage.")
+        store_opt = f" --store {where}" if store else ""
+        first = next(iter(sc.tasks), "qa-simple")
+        say(
+            f"Next: tally savings --org {org}{store_opt}  |  tally report --org {org}{store_opt}"
+            f"  |  tally stats {first} --org {org}{store_opt}"
+        )
     finally:
         tally.close()
 
@@ -229,7 +256,6 @@ def stats(
 
     Example: tally stats code-debug --floor 0.8
     """
-    from rich.console import Console
     from rich.table import Table
 
     from tally_core.envelope import normalise_task_type
@@ -270,7 +296,7 @@ def stats(
             "-" if r["mean_latency_ms"] is None else f"{r['mean_latency_ms']:.0f}",
             f"{r['cost_usd']:.4f}",
         )
-    Console().print(table)
+    _console().print(table)
 
 
 # -- reports: report, savings, export, pricing, bench ---------------------------
@@ -498,11 +524,10 @@ def _rollup_table(title: str, head: str, rollups: list[Any], with_bar: bool = Tr
 
 
 def _print_report(rep: Report, where: Any) -> None:
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    console = Console()
+    console = _console()
     t = rep.totals
     if rep.empty:
         console.print(f"No calls in {where} for this selection.")
@@ -714,10 +739,9 @@ def _forest(diff: float | None, lo: float | None, hi: float | None, r: float) ->
 
 
 def _print_savings(sv: Savings, where: Any) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = _console()
     if sv.empty:
         console.print(f"No calls in {where} for this selection.")
         return
@@ -1002,10 +1026,9 @@ def pricing(
         cols = tuple(f for f in asdict(rows[0])) if rows else ("model",)
         sys.stdout.write(reports._csv_text([asdict(r) for r in rows], cols))
         return
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = _console()
     if refresh:
         console.print(
             f"Price map saved to {where / 'model_prices.json'}; "
