@@ -210,13 +210,22 @@ def demo(
         for col in heads:
             table.add_column(col)
         cheapest = min(tally.catalog, key=lambda s: s.input_cost_per_mtok or 0.0).name
-        tally.holdout = 0.0  # the table shows the routing, not the control group
         for name, spec in sc.tasks.items():
-            d = tally.route(task_type=name, quality_floor=spec.floor, org=org, **spec.envelope)
+            # The plan, not one random draw: the model exploited (or, while
+            # learning, the one being calibrated; or the fallback).
+            env = {"task_type": name, "quality_floor": spec.floor, "org": org, **spec.envelope}
+            rows = tally.stats(name, envelope=env)
+            order = ("exploit", "calibrate", "fallback")
+            pick = next((r for ph in order for r in rows if r["phase"] == ph), None)
             pt = ours.per_task[name]
             share = pt["models"].get(cheapest, 0) / max(pt["calls"], 1)
             floor = "parity" if spec.floor is None else f"{spec.floor:.2f}"
-            table.add_row(name, floor, d.model, d.phase, f"{d.confidence:.2f}", f"{share:.0%}")
+            model, phase, conf = (
+                (pick["model"], pick["phase"], f"{pick['confidence']:.2f}")
+                if pick is not None
+                else (sc.fallback, "fallback", "-")
+            )
+            table.add_row(name, floor, model, phase, conf, f"{share:.0%}")
         console.print(table)
         saved = base.cost_usd - ours.cost_usd
         share_saved = saved / base.cost_usd if base.cost_usd else 0.0
