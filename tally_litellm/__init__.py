@@ -13,18 +13,24 @@ Two lines on a router you already have::
 Every attempt is reported to Tally (tokens, latency, cost, success or the
 error class, and a score if you give a ``scorer``); late quality goes to
 ``tally.feedback(decision_id, quality=...)``.
+
+As a routing plugin: ``litellm.Router(..., plugins=[strategy.as_plugin()])``
+then ``strategy.install(router)``. In the LiteLLM proxy's config.yaml:
+``litellm_settings: {callbacks: ["tally_litellm.proxy.handler"]}``.
 """
 
 from __future__ import annotations
 
 from tally_litellm._deployments import pool_from_router
 from tally_litellm.callback import TallyCallback
+from tally_litellm.plugin import TallyPlugin
 from tally_litellm.strategy import DECISION_KEY, Scorer, TallyStrategy, get_decision
 
 __all__ = [
     "DECISION_KEY",
     "Scorer",
     "TallyCallback",
+    "TallyPlugin",
     "TallyStrategy",
     "get_decision",
     "pool_from_router",

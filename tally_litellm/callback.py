@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from litellm.integrations.custom_logger import CustomLogger
 
 from tally_litellm._attempts import Attempt
+from tally_litellm.plugin import plugin_signal
 
 if TYPE_CHECKING:
     from tally_litellm.strategy import TallyStrategy
@@ -30,7 +31,8 @@ class TallyCallback(CustomLogger):
     calls the strategy did not route. LiteLLM calls the sync hooks for
     ``router.completion`` and the async ones for ``router.acompletion``; both
     pairs are here. Each attempt is reported once, joined to its decision by
-    the ``litellm_call_id`` the strategy gave it:
+    the ``litellm_call_id`` the strategy gave it (a routing plugin, which
+    cannot set one, leaves its own id in its routing signal):
 
     - success: tokens, latency, LiteLLM's ``response_cost``, and the scorer's
       quality if there is a scorer;
@@ -43,6 +45,8 @@ class TallyCallback(CustomLogger):
     Hooks never raise into LiteLLM, and do no I/O: ``tally.telemetry`` only
     enqueues.
     """
+
+    _strategy: TallyStrategy
 
     def __init__(self, strategy: TallyStrategy) -> None:
         super().__init__()
@@ -132,7 +136,13 @@ class TallyCallback(CustomLogger):
     ) -> tuple[Attempt, dict[str, Any]] | None:
         if not isinstance(kwargs, Mapping):
             return None
-        attempt = self._strategy._attempts.claim(kwargs.get("litellm_call_id"))
+        attempts = self._strategy._attempts
+        attempt = attempts.claim(kwargs.get("litellm_call_id"))
+        if attempt is None and self._strategy._plugin is not None:
+            # Plugin mode: the decision travels as a routing signal in the metadata.
+            params = kwargs.get("litellm_params")
+            info = plugin_signal(params.get("metadata") if isinstance(params, Mapping) else None)
+            attempt = attempts.claim(info.get("call_id")) if info is not None else None
         if attempt is None:
             return None  # not a call this strategy routed, or reported already
         slo = kwargs.get("standard_logging_object")
@@ -142,7 +152,9 @@ class TallyCallback(CustomLogger):
         # slo["model_id"]: that is read from the request metadata, which calls
         # sharing one metadata dict overwrite for each other.
         served = _model_info_id(kwargs)
-        if isinstance(served, str) and attempt.deployment_id and served != attempt.deployment_id:
+        if isinstance(served, str) and (
+            model is None or (attempt.deployment_id and served != attempt.deployment_id)
+        ):
             model = self._strategy._name_of_id(served) or model
         input_tokens = _count(slo.get("prompt_tokens"))
         output_tokens = _count(slo.get("completion_tokens"))
@@ -162,7 +174,7 @@ class TallyCallback(CustomLogger):
                 input_tokens = output_tokens = None  # unknown, not zero
             error = _error_class(kwargs, slo)
         outcome: dict[str, Any] = {
-            "model": model,
+            "model": model or "unknown",
             "success": success,
             "input_tokens": input_tokens,
             "output_tokens": output_tokens,

@@ -8,7 +8,8 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from litellm.types.router import CustomRoutingStrategyBase
 
@@ -25,6 +26,7 @@ from tally_litellm._deployments import (
 from tally_litellm._envelope import ENVELOPE_KEY, _hashable, request_envelope
 from tally_litellm._log import OnceLog, log
 from tally_litellm.callback import TallyCallback
+from tally_litellm.plugin import TallyPlugin, plugin_signal
 
 __all__ = ["DECISION_KEY", "HEADER_PREFIX", "Scorer", "TallyStrategy", "get_decision"]
 
@@ -37,6 +39,7 @@ Scorer = Callable[
 """``scorer(request, response) -> float | bool | None`` (or an awaitable of one)."""
 
 Deployment = dict[str, Any]
+Mode = Literal["strategy", "plugin", "hooks"]
 
 # Set while the strategy hands a request to LiteLLM's own selection, which
 # for some routing strategies calls back into ``get_available_deployment``.
@@ -96,7 +99,14 @@ class TallyStrategy(CustomRoutingStrategyBase):
     response (``response._hidden_params["tally"]``; ``get_decision(response)``)
     and the response headers (``x-tally-decision-id``, ``x-tally-model``,
     ``x-tally-phase`` in ``_hidden_params["additional_headers"]``, which the
-    LiteLLM proxy sends to its clients).
+    LiteLLM proxy sends to its clients). As a routing plugin (``as_plugin``)
+    the request metadata holds it in ``metadata["routing_plugin_signals"]["tally"]``.
+
+    Three ways in: ``install(router)`` (the router's custom routing strategy,
+    sync and async), ``install(router, plugin=True)`` or ``as_plugin()`` (a
+    ``Router(plugins=[...])`` routing plugin, async only) and, for the LiteLLM
+    proxy, ``tally_litellm.proxy.handler`` (a logger that filters the
+    deployments LiteLLM offers it).
 
     Routing fails open: if Tally raises, the call goes to a deployment of
     ``tally.fallback`` in the group, else wherever LiteLLM's own strategy
@@ -150,6 +160,8 @@ class TallyStrategy(CustomRoutingStrategyBase):
         self.default_envelope = dict(defaults)
         self._defaults = _hashable(defaults)
         self._router: Any = None
+        self._mode: Mode | None = None
+        self._plugin: TallyPlugin | None = None
         self._headers_orig: Any = None
         self._owns_tally = False
         self._attempts = AttemptLog()
@@ -173,13 +185,15 @@ class TallyStrategy(CustomRoutingStrategyBase):
         scorer: Scorer | None = None,
         default_envelope: Mapping[str, Any] | Envelope | None = None,
         task_type: str = "general",
+        plugin: bool | None = None,
         **tally_kwargs: Any,
     ) -> TallyStrategy:
         """Build a ``Tally`` whose pool is the router's deployments, and install on it.
 
         The pool is ``pool_from_router(router, model_group)``; ``fallback``,
         ``store`` and ``tally_kwargs`` (``seed``, ``background``...) go to
-        ``Tally``. The strategy owns that ``Tally``: ``close()`` closes it.
+        ``Tally``; ``plugin`` to ``install``. The strategy owns that ``Tally``:
+        ``close()`` closes it.
         """
         pool = pool_from_router(router, model_group)
         if not pool:
@@ -190,21 +204,73 @@ class TallyStrategy(CustomRoutingStrategyBase):
         tally = Tally(pool, fallback=fallback, store=store, **tally_kwargs)
         strategy = cls(tally, scorer=scorer, default_envelope=default_envelope, task_type=task_type)
         strategy._owns_tally = True
-        return strategy.install(router)
+        return strategy.install(router, plugin=plugin)
 
-    def install(self, router: Any) -> TallyStrategy:
-        """Make this the router's routing strategy and register the telemetry callback.
+    def install(self, router: Any, *, plugin: bool | None = None) -> TallyStrategy:
+        """Route the router's calls through Tally and register the telemetry callback.
+
+        By default this becomes the router's custom routing strategy (sync and
+        async calls). With ``plugin=True`` it runs as a routing plugin instead
+        (``Router(plugins=[...])``, appended to ``router.routing_plugins``):
+        LiteLLM's own filters and strategy still run, and pick among the
+        deployments of the model Tally chose; LiteLLM runs plugins for async
+        calls only. ``plugin=None`` picks plugin mode when the router already
+        runs ``self.as_plugin()``.
 
         The callback goes into ``litellm.callbacks`` (LiteLLM has no
         per-router logger); it only acts on calls this strategy routed.
-        Setting ``routing_strategy`` on the router later removes the strategy.
+        Setting ``routing_strategy`` on the router later removes a custom
+        strategy.
         """
-        import litellm
-
         if self._router is not None and self._router is not router:
             raise InvalidFieldError(
                 "router", "this strategy is installed on another router; make one per router"
             )
+        plugins = getattr(router, "routing_plugins", None)
+        mine = isinstance(plugins, list) and any(
+            getattr(p, "strategy", None) is self for p in plugins
+        )
+        if plugin is None:
+            plugin = mine
+        if plugin and not isinstance(plugins, list):
+            raise InvalidFieldError(
+                "plugin", "this LiteLLM's Router has no routing plugins (Router(plugins=[...])); "
+                "install without plugin=True"
+            )
+        if self._router is router:
+            self.uninstall(keep_plugin=plugin)
+        self._warn_if_no_pool_model(router)
+        if plugin:
+            assert isinstance(plugins, list)
+            if not mine:
+                plugins.append(self.as_plugin())
+            self._attach(router, "plugin")
+        else:
+            if plugins:
+                log.warning(
+                    "tally: this router runs routing plugins %r; a custom routing strategy "
+                    "bypasses them (install(router, plugin=True) keeps them)", plugins,
+                )
+            router.set_custom_routing_strategy(self)
+            self._attach(router, "strategy")
+        return self
+
+    def as_plugin(self) -> TallyPlugin:
+        """This strategy as a LiteLLM routing plugin, for ``Router(plugins=[...])``.
+
+        Pass it to the router, then ``install(router)`` (which sees it there,
+        registers the callback and gives the plugin the router's cooldowns)::
+
+            router = litellm.Router(model_list=..., plugins=[strategy.as_plugin()])
+            strategy.install(router)
+
+        Always the same object for one strategy.
+        """
+        if self._plugin is None:
+            self._plugin = TallyPlugin(self)
+        return self._plugin
+
+    def _warn_if_no_pool_model(self, router: Any) -> None:
         deployments = getattr(router, "model_list", None) or []
         index = self._pool_index()
         if not any(isinstance(d, Mapping) and index.pool_name(d) for d in deployments):
@@ -212,21 +278,28 @@ class TallyStrategy(CustomRoutingStrategyBase):
                 "tally: no deployment of this router serves a model in the pool %s; "
                 "LiteLLM will route every call", self.tally.catalog.names,
             )
-        router.set_custom_routing_strategy(self)
-        self._router = router
-        original = getattr(router, "set_response_headers", None)
+
+    def _attach(self, router: Any, mode: Mode) -> None:
+        """Remember the router, stamp its responses, register the callback."""
+        import litellm
+
+        self._router, self._mode = router, mode
+        original = getattr(router, "set_response_headers", None) if router is not None else None
         if original is not None and self._headers_orig is None:
             self._headers_orig = original
             router.set_response_headers = self._wrap_headers(original)
         if not any(cb is self.callback for cb in litellm.callbacks):
             litellm.callbacks.append(self.callback)
-        return self
 
-    def uninstall(self) -> None:
-        """Give the router back its own strategy and unregister the callback."""
+    def uninstall(self, *, keep_plugin: bool = False) -> None:
+        """Give the router back its own routing and unregister the callback.
+
+        In plugin mode the plugin is taken off ``router.routing_plugins``
+        too, unless ``keep_plugin``.
+        """
         import litellm
 
-        router, self._router = self._router, None
+        router, self._router, self._mode = self._router, None, None
         if router is not None:
             for attr in ("get_available_deployment", "async_get_available_deployment"):
                 bound = router.__dict__.get(attr)
@@ -234,6 +307,9 @@ class TallyStrategy(CustomRoutingStrategyBase):
                     delattr(router, attr)
             if self._headers_orig is not None and "set_response_headers" in router.__dict__:
                 del router.set_response_headers
+            plugins = getattr(router, "routing_plugins", None)
+            if isinstance(plugins, list) and not keep_plugin:
+                plugins[:] = [p for p in plugins if getattr(p, "strategy", None) is not self]
         self._headers_orig = None
         for name in ("callbacks", "success_callback", "failure_callback",
                      "_async_success_callback", "_async_failure_callback", "input_callback"):
@@ -252,6 +328,11 @@ class TallyStrategy(CustomRoutingStrategyBase):
     def router(self) -> Any:
         """The router this strategy is installed on, or None."""
         return self._router
+
+    @property
+    def mode(self) -> Mode | None:
+        """How it routes: ``"strategy"``, ``"plugin"``, ``"hooks"`` (the proxy), or None."""
+        return self._mode
 
     @property
     def errors(self) -> dict[str, int]:
@@ -374,6 +455,74 @@ class TallyStrategy(CustomRoutingStrategyBase):
             self._index, self._index_key = DeploymentIndex(names), names
         return self._index
 
+    def _decide(
+        self,
+        group: Sequence[Deployment],
+        md: Mapping[str, Any],
+        messages: Sequence[Any] | None,
+        request_kwargs: Mapping[str, Any],
+        cooldowns: Callable[[], Sequence[str]],
+    ) -> _Choice | None:
+        """What Tally picks among ``group``, or None when no deployment serves a pool model.
+
+        Never raises: when Tally (or the envelope) fails, the choice is the
+        fallback model's deployments (``routed_by="fail-open"``), or none at
+        all, which leaves the pick to LiteLLM.
+        """
+        env: dict[str, Any] | None = None
+        try:
+            index = self._pool_index()
+            in_pool = [(d, n) for d in group if (n := index.pool_name(d)) is not None]
+            if not in_pool:
+                return None  # a group outside the pool (a fallback hop, say)
+            usable = _usable(in_pool, md, cooldowns)
+            models = list(dict.fromkeys(n for _, n in usable))
+            env = request_envelope(self._defaults, md.get(ENVELOPE_KEY), messages, request_kwargs)
+            if set(models) != set(self._index_key):
+                # Only models this group can serve (and has not just failed on).
+                given = env.get("allowed_models")
+                allowed = tuple(models) if given is None else tuple(m for m in given if m in models)
+                env["allowed_models"] = allowed
+            decision = self.tally.route(env)
+            picks = [d for d, n in usable if n == decision.model]
+            if not picks:
+                raise LookupError(f"no deployment in this group serves {decision.model!r}")
+            return _Choice(picks, decision.model, "tally", decision.task_type, decision.org,
+                           decision)
+        except Exception as exc:
+            self._once.error(
+                "route", "tally: routing failed (%s: %s); failing open to %s",
+                type(exc).__name__, exc, self.tally.fallback, exc_info=True,
+            )
+            return self._fail_open(group, md, env, cooldowns)
+
+    def _fail_open(
+        self,
+        group: Sequence[Deployment],
+        md: Mapping[str, Any],
+        env: Mapping[str, Any] | None,
+        cooldowns: Callable[[], Sequence[str]],
+    ) -> _Choice:
+        """The fallback model's deployments, or none (LiteLLM picks), for a failed route."""
+        task_type, org = self.task_type, "default"
+        try:
+            if env is not None:
+                try:
+                    e = coerce_envelope(env)
+                    task_type, org = e.task_type, e.org
+                except Exception:  # the envelope was what failed: use the defaults
+                    pass
+            fallback = self.tally.fallback
+            index = self._pool_index()
+            mine = [(d, fallback) for d in group if index.pool_name(d) == fallback]
+            usable = _usable(mine, md, cooldowns) if mine else []
+            return _Choice([d for d, _ in usable], fallback if usable else None, "fail-open",
+                           task_type, org)
+        except Exception:
+            self._once.error("fail-open", "tally: could not pick the fallback deployment",
+                             exc_info=True)
+            return _Choice([], None, "fail-open", task_type, org)
+
     def _choose(
         self,
         model: str,
@@ -389,69 +538,64 @@ class TallyStrategy(CustomRoutingStrategyBase):
         deployment in the group: LiteLLM picks, and the attempt is recorded
         for ``(task_type, org)`` once it has.
         """
+        if input is not None or specific_deployment:
+            return None, None  # embeddings, or the caller named a deployment
         md = _metadata(kw)
-        env: dict[str, Any] | None = None
         try:
-            if input is not None or specific_deployment:
-                return None, None  # embeddings, or the caller named a deployment
-            index = self._pool_index()
-            served = [(d, index.pool_name(d)) for d in self._group(model)]
-            in_pool = [(d, n) for d, n in served if n is not None]
-            if not in_pool:
-                return None, None  # a group outside the pool (a fallback hop, say)
-            usable = _usable(in_pool, md, cooldowns)
-            models = list(dict.fromkeys(n for _, n in usable))
-            env = request_envelope(self._defaults, md.get(ENVELOPE_KEY), messages, kw)
-            if set(models) != set(self._index_key):
-                # Only models this group can serve (and has not just failed on).
-                given = env.get("allowed_models")
-                allowed = tuple(models) if given is None else tuple(m for m in given if m in models)
-                env["allowed_models"] = allowed
-            decision = self.tally.route(env)
-            picks = [d for d, n in usable if n == decision.model]
-            if not picks:
-                raise LookupError(f"no deployment in group {model!r} serves {decision.model!r}")
-            dep = picks[0] if len(picks) == 1 else self._rng.choice(picks)
-            self._record(kw, md, model, dep, decision.model, "tally", decision=decision)
-            return dep, None
-        except Exception as exc:
-            self._once.error(
-                "route", "tally: routing failed (%s: %s); failing open to %s",
-                type(exc).__name__, exc, self.tally.fallback, exc_info=True,
-            )
-            return self._fail_open(model, kw, md, env, cooldowns)
+            group = self._group(model)
+        except Exception:
+            self._once.error("route", "tally: could not read the router's deployments",
+                             exc_info=True)
+            return None, (self.task_type, "default")
+        choice = self._decide(group, md, messages, kw, cooldowns)
+        if choice is None:
+            return None, None
+        if not choice.deployments:
+            return None, (choice.task_type, choice.org)
+        dep = self._one(choice.deployments)
+        self._record(kw, md, model, dep, choice.model, choice.routed_by,
+                     decision=choice.decision, task_type=choice.task_type, org=choice.org)
+        return dep, None
 
-    def _fail_open(
+    def _one(self, deployments: Sequence[Deployment]) -> Deployment:
+        return deployments[0] if len(deployments) == 1 else self._rng.choice(deployments)
+
+    def _filter_deployments(
         self,
         model: str,
-        kw: dict[str, Any],
-        md: dict[str, Any],
-        env: Mapping[str, Any] | None,
-        cooldowns: Callable[[], Sequence[str]],
-    ) -> tuple[Deployment | None, tuple[str, str] | None]:
-        """A deployment of the fallback model, or None for LiteLLM's own choice."""
-        task_type, org = self.task_type, "default"
+        healthy: list[Deployment],
+        messages: Sequence[Any] | None,
+        kw: dict[str, Any] | None,
+    ) -> list[Deployment]:
+        """Hooks mode (the proxy): keep only the deployment Tally picks. Never raises.
+
+        LiteLLM calls this (through ``CustomLogger.async_filter_deployments``)
+        with the group's deployments that passed its own health, cooldown and
+        plugin checks; its routing strategy then picks among what is left.
+        """
+        if self._mode != "hooks" or kw is None or not healthy:
+            return healthy
         try:
-            if env is not None:
-                try:
-                    e = coerce_envelope(env)
-                    task_type, org = e.task_type, e.org
-                except Exception:  # the envelope was what failed: use the defaults
-                    pass
-            fallback = self.tally.fallback
-            index = self._pool_index()
-            served = [(d, index.pool_name(d)) for d in self._group(model)]
-            mine = [(d, fallback) for d, n in served if n == fallback]
-            usable = _usable(mine, md, cooldowns) if mine else []
-            if not usable:
-                return None, (task_type, org)
-            dep = usable[0][0] if len(usable) == 1 else self._rng.choice(usable)[0]
-            self._record(kw, md, model, dep, fallback, "fail-open", task_type=task_type, org=org)
-            return dep, None
+            if messages is None or kw.get("specific_deployment"):
+                return healthy  # not a chat call, or the caller named a deployment
+            md = _metadata(kw)
+            group = _plugin_survivors(healthy, md)
+            choice = self._decide(group, md, messages, kw, tuple)
+            if choice is None:
+                self._after_delegation(model, None, kw, None)
+                return healthy
+            if not choice.deployments:
+                self._record(kw, md, model, None, None, "fail-open",
+                             task_type=choice.task_type, org=choice.org)
+                return healthy
+            dep = self._one(choice.deployments)
+            self._record(kw, md, model, dep, choice.model, choice.routed_by,
+                         decision=choice.decision, task_type=choice.task_type, org=choice.org)
+            return [dep]
         except Exception:
-            self._once.error("fail-open", "tally: could not pick the fallback deployment",
+            self._once.error("route", "tally: could not filter the deployments",
                              exc_info=True)
-            return None, (task_type, org)
+            return healthy
 
     def _after_delegation(
         self, model: str, dep: Any, kw: dict[str, Any], opened: tuple[str, str] | None
@@ -460,13 +604,14 @@ class TallyStrategy(CustomRoutingStrategyBase):
 
         That is a call that failed open, or a fallback hop (to a group outside
         the pool) of a request Tally routed: its outcome is reported against
-        the request's decision, for the model that served it.
+        the request's decision, for the model that served it (``dep``, or,
+        when None, the deployment the log event names).
         """
         try:
-            if not isinstance(dep, dict):
+            if dep is not None and not isinstance(dep, dict):
                 return
             md = _metadata(kw)
-            name = self._name_of(dep)
+            name = self._name_of(dep) if dep is not None else None
             if opened is not None:
                 task_type, org = opened
                 self._record(kw, md, model, dep, name, "fail-open", task_type=task_type, org=org)
@@ -482,13 +627,43 @@ class TallyStrategy(CustomRoutingStrategyBase):
             self._once.error("record", "tally: could not record a LiteLLM-routed attempt",
                              exc_info=True)
 
+    def _attempt(
+        self,
+        call_id: str,
+        trace_id: Any,
+        model_group: str,
+        dep: Mapping[str, Any] | None,
+        name: str | None,
+        routed_by: RoutedBy,
+        *,
+        decision: RouteDecision | None = None,
+        decision_id: str | None = None,
+        task_type: str | None = None,
+        org: str | None = None,
+    ) -> Attempt:
+        """A new attempt record, kept until its log event arrives."""
+        attempt = Attempt(
+            call_id=call_id,
+            trace_id=trace_id if isinstance(trace_id, str) else None,
+            model_group=model_group,
+            deployment_id=deployment_id(dep) if dep is not None else None,
+            model=name,
+            routed_by=routed_by,
+            task_type=decision.task_type if decision is not None else (task_type or self.task_type),
+            org=decision.org if decision is not None else (org or "default"),
+            decision=decision,
+            decision_id=decision.decision_id if decision is not None else decision_id,
+        )
+        self._attempts.add(attempt)
+        return attempt
+
     def _record(
         self,
         kw: dict[str, Any],
         md: dict[str, Any],
         model_group: str,
-        dep: Mapping[str, Any],
-        name: str,
+        dep: Mapping[str, Any] | None,
+        name: str | None,
         routed_by: RoutedBy,
         *,
         decision: RouteDecision | None = None,
@@ -500,20 +675,10 @@ class TallyStrategy(CustomRoutingStrategyBase):
         if not isinstance(call_id, str) or not call_id:
             # Each attempt gets its own id, so its log event finds this record.
             call_id = kw["litellm_call_id"] = str(uuid.uuid4())
-        trace = kw.get("litellm_trace_id")
-        attempt = Attempt(
-            call_id=call_id,
-            trace_id=trace if isinstance(trace, str) else None,
-            model_group=model_group,
-            deployment_id=deployment_id(dep),
-            model=name,
-            routed_by=routed_by,
-            task_type=decision.task_type if decision is not None else (task_type or self.task_type),
-            org=decision.org if decision is not None else (org or "default"),
-            decision=decision,
-            decision_id=decision.decision_id if decision is not None else decision_id,
+        attempt = self._attempt(
+            call_id, kw.get("litellm_trace_id"), model_group, dep, name, routed_by,
+            decision=decision, decision_id=decision_id, task_type=task_type, org=org,
         )
-        self._attempts.add(attempt)
         md[DECISION_KEY] = attempt.info()
 
     def _name_of(self, dep: Mapping[str, Any]) -> str:
@@ -561,14 +726,21 @@ class TallyStrategy(CustomRoutingStrategyBase):
         if not isinstance(hidden, dict):
             return
         attempt = self._attempts.get(hidden.get("litellm_call_id"))
-        if attempt is not None:
-            info: Any = attempt.info()
-        else:
+        if attempt is None:
             md = _metadata(request_kwargs) if isinstance(request_kwargs, dict) else {}
             info = md.get(DECISION_KEY)
-            if not isinstance(info, Mapping) or self._attempts.get(info.get("call_id")) is None:
-                return
-            info = dict(info)
+            if not isinstance(info, Mapping):
+                info = plugin_signal(md)  # plugin mode: the decision is a routing signal
+            attempt = self._attempts.get(info.get("call_id")) if info is not None else None
+        if attempt is None:
+            return
+        info = attempt.info()
+        if info["deployment_id"] is None or info["model"] is None:
+            # LiteLLM picked the deployment (plugin mode, or a fail-open call).
+            served = hidden.get("model_id")
+            if isinstance(served, str):
+                info["deployment_id"] = served
+                info["model"] = info["model"] or self._name_of_id(served)
         hidden["tally"] = info
         headers = hidden.get("additional_headers")
         if not isinstance(headers, dict):
@@ -638,6 +810,28 @@ def _metadata(kw: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(md, dict):
         md = kw[name] = {}
     return md
+
+
+@dataclass(slots=True)
+class _Choice:
+    """What routing one attempt came to, before a deployment is drawn."""
+
+    deployments: list[Deployment]  # the chosen model's usable ones; empty: LiteLLM picks
+    model: str | None
+    routed_by: RoutedBy
+    task_type: str
+    org: str
+    decision: RouteDecision | None = None
+
+
+def _plugin_survivors(healthy: list[Deployment], md: Mapping[str, Any]) -> list[Deployment]:
+    """The deployments routing plugins left for this request (they ran before the hooks)."""
+    kept = md.get("_routing_plugin_candidate_models")
+    if not isinstance(kept, list):
+        return healthy
+    allowed = set(kept)
+    survivors = [d for d in healthy if (d.get("litellm_params") or {}).get("model") in allowed]
+    return survivors or healthy
 
 
 def _usable(

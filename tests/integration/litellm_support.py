@@ -7,12 +7,34 @@ from contextlib import contextmanager
 from typing import Any
 
 import litellm  # tests/conftest.py has set LITELLM_LOCAL_MODEL_COST_MAP
+import pytest
 
 from tally_core import Tally
 from tally_litellm import TallyStrategy
 
 POOL = ["gpt-4o-mini", "claude-haiku-4-5", "gpt-4o"]
 MSGS = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+_CALLBACK_LISTS = ("callbacks", "success_callback", "failure_callback", "input_callback",
+                   "_async_success_callback", "_async_failure_callback", "service_callback")
+
+
+@pytest.fixture(autouse=True)
+def litellm_callbacks_restored() -> Iterator[None]:
+    """Put LiteLLM's global callback lists back after each test (import it to use it).
+
+    Every ``litellm.Router`` adds itself to them and stays there until
+    ``router.discard()``; past 100 entries LiteLLM refuses new callbacks, and
+    a later test's strategy would never hear of its calls.
+    """
+    saved = {name: list(getattr(litellm, name)) for name in _CALLBACK_LISTS
+             if isinstance(getattr(litellm, name, None), list)}
+    yield
+    for name, items in saved.items():
+        current = getattr(litellm, name)
+        if isinstance(current, list):
+            current[:] = items
 
 
 def dep(

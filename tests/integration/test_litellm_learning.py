@@ -10,7 +10,13 @@ from typing import Any
 import pytest
 
 from tally_litellm import get_decision
-from tests.integration.litellm_support import MSGS, expected_cost, installed, rows
+from tests.integration.litellm_support import (  # noqa: F401 (an autouse fixture)
+    MSGS,
+    expected_cost,
+    installed,
+    litellm_callbacks_restored,
+    rows,
+)
 
 # What a grader would find: mini is good enough for simple QA, not for debugging.
 TRUE_QUALITY = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 from typing import Any
 
@@ -11,11 +12,12 @@ import pytest
 
 from tally_core import Tally
 from tally_litellm import DECISION_KEY, TallyStrategy, get_decision, pool_from_router
-from tests.integration.litellm_support import (
+from tests.integration.litellm_support import (  # noqa: F401 (an autouse fixture)
     MSGS,
     POOL,
     dep,
     installed,
+    litellm_callbacks_restored,
     make_router,
     pool_deployments,
     rows,
@@ -166,6 +168,33 @@ def test_envelope_is_inferred_from_the_request(monkeypatch):
         strategy.flush()
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_tools_used_is_inferred_in_every_path(monkeypatch, mode, stream):
+    tools = [{"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}}]
+    with installed() as (router, tally, strategy):
+        seen = spy_route(monkeypatch, tally)
+        r, text = call(router, strategy, mode, stream, tools=tools, _skip_mcp_handler=True)
+        assert text == f"from {served_id(r)}"
+        env, decision = seen[-1]
+        assert env["tools_used"] == 1
+        (row,) = rows(tally)
+        assert (row["tools_used"], row["model"]) == (1, decision.model)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mcp") is None,
+                    reason="this LiteLLM needs the optional `mcp` package for any call with tools")
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_tools_call_as_a_user_writes_it(monkeypatch, mode):
+    # No private flag: LiteLLM's own MCP check runs (it imports `mcp`).
+    tools = [{"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}}]
+    with installed() as (router, tally, strategy):
+        seen = spy_route(monkeypatch, tally)
+        r, _ = call(router, strategy, mode, False, tools=tools)
+        assert seen[-1][0]["tools_used"] == 1
+        assert get_decision(r)["routed_by"] == "tally"
+
+
 def test_metadata_envelope_wins_over_inference_and_defaults(monkeypatch):
     defaults = {"quality_floor": 0.7, "org": "acme", "structure_type": "code"}
     with installed(default_envelope=defaults) as (router, tally, strategy):
@@ -235,21 +264,43 @@ def test_fails_open_to_litellms_choice_without_a_fallback_deployment(monkeypatch
         assert [row["model"] for row in rows(tally)] == [MODEL_OF[served_id(r)]]
 
 
-def test_bad_envelope_in_metadata_fails_open():
-    with installed() as (router, tally, strategy):
-        r = router.completion(model="auto", messages=MSGS,
-                              metadata={"tally": {"task_type": "qa", "colour": "red"}})
-        assert served_id(r) == "4o"
-        assert strategy.errors == {"route": 1}
-        strategy.flush()
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize(
+    "envelope",
+    [{"task_type": "qa", "colour": "red"}, {"task_type": "qa", "quality_floor": 7}, 42],
+    ids=["unknown-field", "floor-out-of-range", "not-a-mapping"],
+)
+def test_bad_envelope_in_metadata_fails_open_and_logs_once(caplog, mode, envelope):
+    with installed() as (router, tally, strategy), caplog.at_level(
+        logging.DEBUG, logger="tally.litellm"
+    ):
+        for _ in range(3):
+            r, text = call(router, strategy, mode, False, metadata={"tally": envelope})
+            assert served_id(r) == "4o" and text == "from 4o"
+            assert get_decision(r)["routed_by"] == "fail-open"
+        warnings = [rec for rec in caplog.records if rec.levelno >= logging.WARNING]
+        assert len(warnings) == 1 and "routing failed" in warnings[0].getMessage()
+        assert strategy.errors == {"route": 3}
+        assert [(row["model"], row["success"]) for row in rows(tally)] == [("gpt-4o", 1)] * 3
 
 
-def test_fails_open_when_tally_is_closed():
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_fails_open_when_tally_is_closed(mode):
     with installed() as (router, tally, strategy):
         tally.close()
-        r = router.completion(model="auto", messages=MSGS)
+
+        async def acall() -> Any:
+            r = await router.acompletion(model="auto", messages=MSGS)
+            await strategy.aflush(timeout=1)
+            return r
+
+        if mode == "async":
+            r = asyncio.run(acall())
+        else:
+            r = router.completion(model="auto", messages=MSGS)
+            strategy.flush(timeout=1)
         assert r.choices[0].message.content == "from 4o"
-        strategy.flush(timeout=1)
+        assert get_decision(r)["routed_by"] == "fail-open"
         assert strategy.errors["route"] == 1
         assert strategy.errors["telemetry"] == 1  # reported, not raised
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +11,15 @@ import litellm
 import pytest
 
 from tally_core import Tally
+from tally_core.stores.memory import MemoryStore
 from tally_litellm import TallyStrategy, get_decision
-from tests.integration.litellm_support import (
+from tests.integration.litellm_support import (  # noqa: F401 (an autouse fixture)
     MSGS,
     POOL,
     dep,
     expected_cost,
     installed,
+    litellm_callbacks_restored,
     make_router,
     pool_deployments,
     rows,
@@ -335,3 +338,57 @@ def test_sync_calls_from_threads_are_all_reported():
         assert strategy.flush()
         got = {row["decision_id"] for row in rows(tally)}
         assert got == {get_decision(r)["decision_id"] for r in responses}
+
+
+# -- telemetry never breaks the call ------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_failing_telemetry_call_never_reaches_the_caller(monkeypatch, caplog, mode):
+    with installed() as (router, tally, strategy):
+        def broken(*args: Any, **kwargs: Any) -> str:
+            raise RuntimeError("the queue is on fire")
+
+        monkeypatch.setattr(tally, "telemetry", broken)
+        with caplog.at_level(logging.DEBUG, logger="tally.litellm"):
+            for _ in range(3):
+                r = run(router, strategy, mode)
+                assert not isinstance(r, Exception), r
+                assert get_decision(r)["routed_by"] == "tally"
+        warnings = [rec for rec in caplog.records if rec.levelno >= logging.WARNING]
+        assert len(warnings) == 1 and "could not report" in warnings[0].getMessage()
+        assert strategy.errors == {"telemetry": 3}
+
+
+class DownStore(MemoryStore):
+    """A state store whose every write fails, as a Redis or disk outage would."""
+
+    def apply(self, batch_id: str, updates: Any, params: Any) -> bool:
+        raise ConnectionError("store unreachable")
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_store_outage_never_reaches_the_caller(mode):
+    router = make_router(pool_deployments())
+    tally = Tally(POOL, fallback="gpt-4o", store=DownStore(), seed=3)
+    strategy = TallyStrategy(tally).install(router)
+
+    async def acalls() -> list[Any]:
+        out = [await router.acompletion(model="auto", messages=MSGS, metadata=dict(QA))
+               for _ in range(4)]
+        assert await strategy.aflush(timeout=1) is False  # logged, but not stored
+        return out
+
+    try:
+        if mode == "async":
+            responses = asyncio.run(acalls())
+        else:
+            responses = [router.completion(model="auto", messages=MSGS, metadata=dict(QA))
+                         for _ in range(4)]
+            assert strategy.flush(timeout=1) is False
+        for r in responses:
+            assert get_decision(r)["routed_by"] == "tally"  # routing reads no store
+        assert strategy.errors == {}  # telemetry() only enqueued; the worker retries
+    finally:
+        strategy.uninstall()
+        tally.close(timeout=0.5)
