@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import (
     BaseModel,
@@ -279,24 +279,46 @@ class Envelope(BaseModel):
     @property
     def context_bucket(self) -> str:
         """The context bucket, also when an exact token count was given."""
-        return self._cell.split("|")[1]
+        return cast("str", self._priv["_cell"].split("|")[1])
 
     @property
     def cell(self) -> str:
         """Key of the context cell this envelope's outcomes are learned in."""
-        return self._cell
+        return cast("str", self._priv["_cell"])
 
     @property
     def input_tokens(self) -> int:
         """Payload size used for cost estimates (exact, or typical for the bucket)."""
-        return self._tokens
+        return cast("int", self._priv["_tokens"])
 
     @property
     def min_context_tokens(self) -> int:
         """Smallest context window a model needs to take this payload."""
-        if self._tokens_exact:
-            return self._tokens
+        priv = self._priv
+        if priv["_tokens_exact"]:
+            return cast("int", priv["_tokens"])
         return CONTEXT_BUCKETS[self.context_bucket][0]
+
+    @property
+    def tokens_exact(self) -> bool:
+        """Whether ``context_length`` was an exact token count (not a bucket)."""
+        return cast("bool", self._priv["_tokens_exact"])
+
+    @property
+    def task_key(self) -> tuple[str, str]:
+        """``(org, task_type)``: the learned state this envelope reads and writes."""
+        return cast("tuple[str, str]", self._priv["_task_key"])
+
+    @property
+    def plan_key(self) -> tuple[Any, ...]:
+        """Everything a routing plan depends on besides learned state."""
+        return cast("tuple[Any, ...]", self._priv["_plan_key"])
+
+    @property
+    def _priv(self) -> dict[str, Any]:
+        # Pydantic serves private attributes through __getattr__ (~2.5 us per
+        # read); routing reads several per call, so read its dict directly.
+        return self.__pydantic_private__  # type: ignore[return-value]
 
 
 _FIELDS = tuple(Envelope.model_fields)

@@ -332,7 +332,7 @@ class Tally:
             raise ClosedError("this Tally is closed")
         env = self._envelope(envelope, fields)
         key = self._route_key(env)
-        tkey = env._task_key
+        tkey = env.task_key
         plans = self._routes.get(tkey)
         r = plans.get(key) if plans is not None else None
         if r is None:
@@ -417,14 +417,14 @@ class Tally:
         return env
 
     def _route_key(self, env: Envelope) -> tuple[Any, ...]:
-        key = env._plan_key  # computed once per envelope
-        if env._tokens_exact:
+        key = env.plan_key  # computed once per envelope
+        if env.tokens_exact:
             # Plans differ only where the payload crosses a model's window.
             return (key, bisect.bisect_left(self._windows, env.min_context_tokens))
         return key
 
     def _make_route(self, env: Envelope) -> _Route:
-        tkey = env._task_key
+        tkey = env.task_key
         snap = self._views.get(tkey)
         cells: dict[str, dict[str, ArmView]] = snap["cells"] if snap else {}
         views = cells.get(env.cell) or cells.get(TASK_CELL) or {}
