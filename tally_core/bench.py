@@ -325,6 +325,13 @@ def format_table(result: dict[str, Any]) -> str:
                     f"\n{name}: {a['kind']} {a['model']} on {a['task']} -> adapted after "
                     f"{a['calls_until_adapted']} of {a['task_calls_after']} calls"
                 )
+            for rc in d.get("drift_recovery", ()):
+                n = rc["calls_until_recovered"]
+                text += (
+                    f"\n{name}: within 5% of the oracle's cost and 1% of its violations "
+                    f"(every 100-call window of {rc['task']}) "
+                    + ("never, in this run" if n is None else f"from {n} calls after the change")
+                )
         return text
     rows = [[k, f"{v['p50_us']:.1f}", f"{v['p99_us']:.1f}"] for k, v in result["route"].items()]
     rows.append(

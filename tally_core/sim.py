@@ -23,6 +23,7 @@ or an outage (``"error_rate"`` for a stretch given by ``"until"``).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -509,6 +510,8 @@ class SimResult:
     calibration_calls: dict[str, int] = field(default_factory=dict)
     adaptation_calls: list[dict[str, Any]] = field(default_factory=list)
     errors: int = 0
+    # Per call: (index, task type, cost, below the floor). Not in to_dict().
+    trace: list[tuple[int, str, float, bool]] = field(default_factory=list, repr=False)
 
     @property
     def violation_rate(self) -> float:
@@ -668,6 +671,7 @@ class _Recorder:
         }
         self.seen: dict[str, int] = {t: 0 for t in tasks}
         self.log: list[tuple[int, str, str]] = []
+        self.trace: list[tuple[int, str, float, bool]] = []
 
     def add(
         self, i: int, task: str, model: str, cost: float, quality: float, truth: float, bar: float
@@ -688,6 +692,7 @@ class _Recorder:
                 self.viol += 1
                 pt["violations"] += 1
         self.log.append((i, task, model))
+        self.trace.append((i, task, cost, truth < bar - 1e-12))
 
     def result(self, router: SimRouter, scenario: Scenario) -> SimResult:
         n = self.n
@@ -703,6 +708,7 @@ class _Recorder:
             share={m: self.counts.get(m, 0) / n for m in self.models},
             per_task=self.per_task,
             errors=self.errors,
+            trace=self.trace,
         )
         if isinstance(router, TallyRouter):
             res.phases = {
@@ -861,19 +867,62 @@ def run_comparison(
         close = getattr(r, "close", None)
         if close is not None:
             close()
+    n = results["always-best"].calls
+    shifts = [(e.task, e.model, int(e.at * n)) for e in sc.events if e.task and e.quality]
     return {
         "scenario": sc.name,
         "seed": seed,
-        "calls": results["always-best"].calls,
-        "routers": _summarize(results, names, wall),
+        "calls": n,
+        "routers": _summarize(results, names, wall, shifts),
     }
 
 
+def _recovery(
+    res: SimResult,
+    oracle: SimResult,
+    task: str,
+    t0: int,
+    window: int = 100,
+    cost_tol: float = 0.05,
+    violation_tol: float = 0.01,
+) -> int | None:
+    """Calls of ``task`` after call ``t0`` until ``res`` is back near the
+    oracle: from there on, every window of ``window`` calls of the task costs
+    at most ``cost_tol`` more than the oracle's same calls and sends at most
+    ``violation_tol`` more of them below the floor. None: never within the run."""
+    mine = [(c, v) for i, t, c, v in res.trace if t == task and i >= t0]
+    ref = [(c, v) for i, t, c, v in oracle.trace if t == task and i >= t0]
+    k = min(len(mine), len(ref))
+    if k < window:
+        return None
+    acc = list(
+        itertools.accumulate(
+            (
+                (c - r * (1 + cost_tol), int(v) - int(w))
+                for (c, v), (r, w) in zip(mine[:k], ref[:k], strict=True)
+            ),
+            lambda a, b: (a[0] + b[0], a[1] + b[1]),
+            initial=(0.0, 0),
+        )
+    )
+    ok = [
+        acc[j + window][0] - acc[j][0] <= 1e-12
+        and acc[j + window][1] - acc[j][1] <= violation_tol * window
+        for j in range(k - window + 1)
+    ]
+    last_bad = max((j for j, good in enumerate(ok) if not good), default=-1)
+    return None if last_bad == len(ok) - 1 else last_bad + 1
+
+
 def _summarize(
-    results: Mapping[str, SimResult], names: Sequence[str], wall: Mapping[str, float]
+    results: Mapping[str, SimResult],
+    names: Sequence[str],
+    wall: Mapping[str, float],
+    shifts: Sequence[tuple[str, str, int]] = (),
 ) -> dict[str, Any]:
     """Each router's figures as ``run_comparison`` reports them, in ``names``
-    order; ``results`` must hold ``always-best`` and ``oracle``."""
+    order; ``results`` must hold ``always-best`` and ``oracle``. ``shifts``:
+    (task, model, call index) of quality changes, for ``drift_recovery``."""
     best, orc = results["always-best"], results["oracle"]
     gap = best.cost_usd - orc.cost_usd
     out: dict[str, Any] = {}
@@ -897,6 +946,14 @@ def _summarize(
                 for t, pt in res.per_task.items()
             },
             seconds=wall[name],
+            drift_recovery=[
+                {
+                    "task": task,
+                    "model": model,
+                    "calls_until_recovered": _recovery(res, orc, task, t0),
+                }
+                for task, model, t0 in shifts
+            ],
         )
         if name != "tally":
             d.pop("phases")

@@ -111,3 +111,28 @@ def test_shipped_scenarios_load() -> None:
     for name in ("seed-landscape", "drift", "new-model", "no-feasible", "outage"):
         sc = load_scenario(name)
         assert sc.tasks and sc.fallback in sc.model_names()
+
+
+def test_drift_recovery_is_the_first_call_after_which_every_window_is_near_the_oracle() -> None:
+    from tally_core.sim import SimResult, _recovery
+
+    def result(trace: list[tuple[int, str, float, bool]]) -> SimResult:
+        return SimResult("r", len(trace), 0.0, 0.0, 0, 0, {}, {}, trace=trace)
+
+    oracle = result([(i, "qa", 1.0, False) for i in range(400)])
+    # Calls 200-259 of the task (after t0=200) are on a pricier model (cost 2),
+    # and calls 200-209 also break the floor; from call 260 it matches the oracle.
+    mine = result(
+        [(i, "qa", 2.0 if 200 <= i < 260 else 1.0, 200 <= i < 210) for i in range(400)]
+    )
+    # Windows of 10 calls: the first window starting at or after index 60
+    # (call 260) that is clean, with every later one clean too.
+    assert _recovery(mine, oracle, "qa", 200, window=10) == 60
+    # 100-call windows: each pricier call adds 1% to the window's cost, so a
+    # window starting at j has 60 - j of them: within 5% from j = 55 (its
+    # violations, 10 - j, are within 1 per 100 from j = 9).
+    assert _recovery(mine, oracle, "qa", 200, window=100) == 55
+    never = result([(i, "qa", 2.0, False) for i in range(400)])
+    assert _recovery(never, oracle, "qa", 200, window=10) is None
+    other = result([(i, "other", 1.0, False) for i in range(400)])
+    assert _recovery(mine, other, "qa", 200, window=10) is None  # no calls to compare
