@@ -87,24 +87,32 @@ def _console() -> Any:
     return console if console.is_terminal else Console(width=120)
 
 
-def _litellm_demo() -> tuple[Any, str | None]:
-    """``tally_litellm.demo.run_demo``, or None and why not (LiteLLM missing or broken)."""
-    import importlib.util
+def _plugins(group: str) -> list[tuple[str, Any]]:
+    """What installed adapters register in an entry-point ``group``, loaded,
+    as (name, object); one that fails to load is left out (logged)."""
+    import logging
     import os
+    from importlib.metadata import entry_points
 
-    try:
-        found = importlib.util.find_spec("litellm") is not None
-    except (ImportError, ValueError, AttributeError):  # a broken or blocked install
-        found = False
+    # Adapters may import LiteLLM: the CLI is offline, so it must read its
+    # bundled price map, never fetch one (set before the first import).
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    out = []
+    for ep in entry_points(group=group):
+        try:
+            out.append((ep.name, ep.load()))
+        except Exception as exc:  # the adapter's library is missing or broken
+            logging.getLogger("tally.cli").info("%s plugin %s not loaded: %s", group, ep.name, exc)
+    return out
+
+
+def _demo_runner() -> tuple[Any, str | None]:
+    """The adapter's demo runner (``tally.demo`` entry point: the LiteLLM
+    adapter's), or None and why not."""
+    found = _plugins("tally.demo")
     if not found:
-        return None, "litellm is not installed"
-    # The demo is offline: LiteLLM must read its bundled price map, not fetch one.
-    os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
-    try:
-        from tally_litellm.demo import run_demo
-    except ImportError as exc:
-        return None, f"litellm could not be imported ({exc})"
-    return run_demo, None
+        return None, "litellm is not installed or could not be imported"
+    return found[0][1], None
 
 
 @app.command()
@@ -165,9 +173,9 @@ def demo(
             tally.refresh()
         if console.is_terminal:
             with console.status("Loading LiteLLM..."):
-                run_demo, why_not = _litellm_demo()
+                run_demo, why_not = _demo_runner()
         else:
-            run_demo, why_not = _litellm_demo()
+            run_demo, why_not = _demo_runner()
         if run_demo is not None:
             how = "through a litellm.Router with Tally installed (mock responses, no network)"
         else:
@@ -1113,17 +1121,9 @@ def bench(ctx: typer.Context) -> None:
 
     extra: Any = None
     if ctx.args[:1] != ["overhead"] and not {"-h", "--help"} & set(ctx.args):
-        import os
-
-        # Benchmarks price from LiteLLM's bundled map: reproducible, and no
-        # wait on a download (set before litellm is first imported, below).
-        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-        try:  # lazily: it imports litellm, which `tally --help` must not pay for
-            from tally_litellm.baseline import ROUTERS
-
-            extra = ROUTERS
-        except ImportError:
-            extra = None
+        # Routers adapters add (LiteLLM's Adaptive Router), loaded only here:
+        # they import their library, which `tally --help` must not pay for.
+        extra = {k: v for _, routers in _plugins("tally.bench_routers") for k, v in routers.items()}
     raise typer.Exit(bench_mod.main(ctx.args, extra=extra, prog="tally bench"))
 
 
