@@ -22,63 +22,6 @@ app = typer.Typer(
 )
 
 
-class _DemoRouter:
-    """Drives a real Tally (any store) straight from the simulator: the demo's
-    path when LiteLLM is not installed."""
-
-    name = "tally"
-
-    def __init__(
-        self,
-        tally: Any,
-        models: list[Any],
-        on_call: Callable[[int], None] | None = None,
-        org: str = "default",
-    ) -> None:
-        self.tally = tally
-        self.org = org
-        self._specs = {m if isinstance(m, str) else m["name"]: m for m in models}
-        self._on_call = on_call
-        self._last: Any = None
-        self.calls = 0
-
-    def choose(self, task: Any, envelope: dict[str, Any], pool: Any) -> str:
-        for name in pool:
-            if name not in self.tally.catalog:  # a model that joins mid-run
-                self.tally.add_model(self._specs[name])
-        self._last = self.tally.route(envelope, org=self.org)
-        return str(self._last.model)
-
-    def observe(
-        self,
-        task: Any,
-        model: str,
-        quality: float | None,
-        errored: bool,
-        input_tokens: int,
-        output_tokens: int,
-        latency_ms: float,
-        cost_usd: float,
-    ) -> None:
-        self.tally.telemetry(
-            self._last,
-            quality=quality,
-            success=not errored,
-            error="ProviderError" if errored else None,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            latency_ms=latency_ms,
-            cost_usd=cost_usd,
-        )
-        self.calls += 1
-        if self.calls % 25 == 0:
-            # Traffic in the demo comes far faster than in life: let the
-            # worker catch up now and then so each route sees recent outcomes.
-            self.tally.flush(5.0)
-        if self._on_call is not None:
-            self._on_call(self.calls)
-
-
 def _console() -> Any:
     """A rich console; piped, 120 columns wide rather than squeezed into 80."""
     from rich.console import Console
@@ -147,7 +90,7 @@ def demo(
     from rich.table import Table
 
     from tally_core.router import Tally, default_home
-    from tally_core.sim import FixedRouter, load_scenario, simulate
+    from tally_core.sim import FixedRouter, TallyRouter, load_scenario, simulate
 
     console = _console()
 
@@ -197,7 +140,7 @@ def demo(
                     say(f"Adapter errors (failed open): {errors}")
                 return r.baseline, r.routed
             best = FixedRouter("always-best", sc.fallback)
-            direct = _DemoRouter(tally, sc.models, on_call, org=org)
+            direct = TallyRouter(sc, seed, tally=tally, org=org, flush_every=25, on_call=on_call)
             res = simulate(sc, [best, direct], seed=seed, calls=calls)
             failed = res["tally"].errors
             return res["always-best"], res["tally"]

@@ -196,25 +196,49 @@ class SimRouter(Protocol):
 
 
 class TallyRouter:
-    """Tally itself, in memory, applying telemetry at once (reproducible)."""
+    """Tally itself: by default a new one in memory, applying telemetry at once
+    (reproducible).
 
-    def __init__(self, scenario: Scenario, seed: int, **tally_kwargs: Any) -> None:
+    ``tally`` drives an existing ``Tally`` instead (any store; ``tally demo``
+    does), its calls under ``org``; with a background worker, ``flush_every``
+    calls wait for it to catch up, since simulated traffic comes far faster
+    than real. ``on_call(n)`` is told after each call (a progress bar).
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        seed: int,
+        *,
+        tally: Any = None,
+        org: str | None = None,
+        flush_every: int = 0,
+        on_call: Callable[[int], None] | None = None,
+        **tally_kwargs: Any,
+    ) -> None:
         from tally_core.router import Tally
 
         self.name = "tally"
-        joined = {e.model for e in scenario.events if e.join}
-        pool = [
-            m for m in scenario.models if (m if isinstance(m, str) else m["name"]) not in joined
-        ]
         self._all = {(m if isinstance(m, str) else m["name"]): m for m in scenario.models}
-        self.tally = Tally(
-            [ModelSpec(**m) if isinstance(m, dict) else m for m in pool],
-            fallback=scenario.fallback,
-            store=":memory:",
-            seed=seed,
-            background=False,
-            **tally_kwargs,
-        )
+        if tally is None:
+            joined = {e.model for e in scenario.events if e.join}
+            pool = [spec for name, spec in self._all.items() if name not in joined]
+            tally = Tally(
+                [ModelSpec(**m) if isinstance(m, dict) else m for m in pool],
+                fallback=scenario.fallback,
+                store=":memory:",
+                seed=seed,
+                background=False,
+                **tally_kwargs,
+            )
+            self._owns = True
+        else:
+            self._owns = False
+        self.tally = tally
+        self._org = {"org": org} if org else {}
+        self._flush_every = flush_every
+        self._on_call = on_call
+        self.calls = 0
         self.phases: list[str] = []
         self._last: Any = None
 
@@ -223,10 +247,10 @@ class TallyRouter:
             if name not in self.tally.catalog:
                 spec = self._all[name]
                 self.tally.add_model(ModelSpec(**spec) if isinstance(spec, dict) else spec)
-        d = self.tally.route(envelope)
+        d = self.tally.route(envelope, **self._org)
         self._last = d
         self.phases.append(d.phase)
-        return d.model
+        return str(d.model)
 
     def observe(
         self,
@@ -249,9 +273,16 @@ class TallyRouter:
             latency_ms=latency_ms,
             cost_usd=cost_usd,
         )
+        self.calls += 1
+        if self._flush_every and self.calls % self._flush_every == 0:
+            self.tally.flush(5.0)
+        if self._on_call is not None:
+            self._on_call(self.calls)
 
     def close(self) -> None:
-        self.tally.close()
+        """Close the ``Tally`` this router made (not one it was given)."""
+        if self._owns:
+            self.tally.close()
 
 
 class OracleRouter:

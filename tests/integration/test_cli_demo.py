@@ -176,3 +176,20 @@ def test_prepare_hands_the_router_the_draw_simulate_scores() -> None:
         assert (*call.outcome(probe.model), call.input_tokens, call.output_tokens) == seen
         assert call.envelope["task_type"] == call.task.name
     assert res["probe"].errors == sum(errored for _, errored, *_ in probe.seen) > 0
+
+
+def test_demo_without_litellm_drives_tally_directly(tmp_path: Path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    import tally_core.cli as cli
+
+    monkeypatch.setattr(cli, "_demo_runner", lambda: (None, "litellm is not installed"))
+    store = tmp_path / "store"
+    res = CliRunner().invoke(cli.app, ["demo", "--calls", "400", "--store", str(store)])
+    assert res.exit_code == 0, res.output
+    assert "Note: litellm is not installed; routing with Tally directly" in res.output
+    cost = COST.search(res.output)
+    assert cost is not None and _usd(cost.group(4)) > 0
+    ledger = Ledger(store / "ledger.sqlite3", readonly=True)
+    assert ledger.count() == 400 and {r["org"] for r in ledger.rows()} == {"demo"}
+    ledger.close()
