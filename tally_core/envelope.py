@@ -26,6 +26,7 @@ __all__ = [
     "Envelope",
     "coerce_envelope",
     "normalise_task_type",
+    "parse_task_type",
 ]
 
 KNOWN_TASK_TYPES = (
@@ -99,6 +100,17 @@ def normalise_task_type(value: str) -> str:
             "or a custom slug of letters, digits and '-' (at most 64 characters)"
         )
     return slug
+
+
+def parse_task_type(value: Any) -> str:
+    """``normalise_task_type`` for a value a caller passed as ``task_type``:
+    anything that is not a task type raises ``InvalidFieldError("task_type")``."""
+    if not isinstance(value, str):
+        raise InvalidFieldError("task_type", f"must be a string, got {value!r}")
+    try:
+        return normalise_task_type(value)
+    except ValueError as exc:
+        raise InvalidFieldError("task_type", str(exc)) from None
 
 
 def context_bucket(tokens: int) -> str:

@@ -43,7 +43,7 @@ from tally_core.catalog import (
     parse_price_map,
     save_price_map,
 )
-from tally_core.envelope import normalise_task_type
+from tally_core.envelope import parse_task_type
 from tally_core.errors import InvalidFieldError, UnknownModelError
 from tally_core.ledger import COLUMNS, Ledger, PriceRecord
 
@@ -296,12 +296,7 @@ _REPORT_COLS = (
 def _filters(
     since: Any, until: Any, org: str | None, task_type: str | None, model: str | None
 ) -> dict[str, Any]:
-    tt = None
-    if task_type is not None:
-        try:
-            tt = normalise_task_type(task_type)
-        except (ValueError, AttributeError) as exc:
-            raise InvalidFieldError("task_type", str(exc)) from None
+    tt = None if task_type is None else parse_task_type(task_type)
     lo = parse_time(since, field="since")
     hi = parse_time(until, field="until", end=True)
     if lo is not None and hi is not None and hi <= lo:

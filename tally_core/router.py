@@ -30,7 +30,7 @@ from tally_core._state import (
 )
 from tally_core.catalog import Catalog, ModelSpec, store_price_map
 from tally_core.decision import Dropped, RouteDecision
-from tally_core.envelope import Envelope, coerce_envelope, normalise_task_type
+from tally_core.envelope import Envelope, coerce_envelope, parse_task_type
 from tally_core.errors import (
     ClosedError,
     InvalidFieldError,
@@ -654,10 +654,7 @@ class Tally:
             )
         if not isinstance(model, str) or not model:
             raise InvalidFieldError("model", f"must be a model name, got {model!r}")
-        try:
-            tt = normalise_task_type(task_type)
-        except (ValueError, AttributeError) as exc:
-            raise InvalidFieldError("task_type", str(exc)) from None
+        tt = parse_task_type(task_type)
         o = org or "default"
         if not isinstance(o, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.:/@-]{0,127}$", o):
             raise InvalidFieldError("org", f"must be an org id, got {org!r}")
@@ -980,10 +977,7 @@ class Tally:
         """Routes of a task type not yet reported, per model (calibration
         counts them, so it does not send a burst to one unproven model).
         A route with no telemetry for ``pending_ttl_s`` seconds is forgotten."""
-        try:
-            tt = normalise_task_type(task_type)
-        except (ValueError, AttributeError) as exc:
-            raise InvalidFieldError("task_type", str(exc)) from None
+        tt = parse_task_type(task_type)
         with self._pending_lock:
             self._age_out()
             return {m: n for m, n in self._pending.get((org, tt), {}).items() if n > 0}
