@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import bisect
+import contextlib
 import itertools
 import logging
 import math
@@ -14,7 +15,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -298,6 +299,7 @@ class Tally:
         self._seen_version = -1
         self._last_refresh = 0.0
         self._closed = False
+        self._flush_waiters: list[Callable[[float | None], bool]] = []
         self._refresh(full=True)
 
         self._queue = TelemetryQueue(
@@ -1072,9 +1074,44 @@ class Tally:
         self.flush()
 
     def flush(self, timeout: float | None = 5.0) -> bool:
-        """Wait until queued telemetry is applied (True) or ``timeout`` passes."""
-        ok = self._queue.flush(timeout)
-        return ok
+        """Wait until queued telemetry is applied (True) or ``timeout`` passes.
+
+        That includes the telemetry of calls an adapter routed whose outcome
+        its host has yet to report (LiteLLM logs on its own threads after the
+        call returned): each adapter registers a waiter (``add_flush_waiter``)
+        and ``flush`` waits for those first, then for its own queue.
+        """
+        start = time.monotonic()
+        ok = True
+        for waiter in list(self._flush_waiters):
+            left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+            try:
+                ok = bool(waiter(left)) and ok
+            except Exception:  # an adapter's waiter must not break flush
+                log.warning("tally: a flush waiter raised", exc_info=True)
+                ok = False
+        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+        return self._queue.flush(left) and ok
+
+    async def aflush(self, timeout: float | None = 5.0) -> bool:
+        """``flush`` for asyncio code: waits on a thread, so the loop's logging tasks run."""
+        import asyncio
+
+        return await asyncio.to_thread(self.flush, timeout)
+
+    def add_flush_waiter(self, waiter: Callable[[float | None], bool]) -> Callable[[], None]:
+        """Make ``flush`` wait for ``waiter(timeout) -> bool`` first; returns its remover.
+
+        For adapters: the waiter blocks until every call routed so far has
+        been handed to ``telemetry()`` (True), or the timeout passes (False).
+        """
+        self._flush_waiters.append(waiter)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._flush_waiters.remove(waiter)
+
+        return remove
 
     @property
     def telemetry_counts(self) -> dict[str, int]:

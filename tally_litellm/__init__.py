@@ -16,7 +16,12 @@ error class, and a score if you give a ``scorer``); late quality goes to
 
 As a routing plugin: ``litellm.Router(..., plugins=[strategy.as_plugin()])``
 then ``strategy.install(router)``. In the LiteLLM proxy's config.yaml:
-``litellm_settings: {callbacks: ["tally_litellm.proxy.handler"]}``.
+``litellm_settings: {callbacks: ["tally_litellm.proxy.handler"]}`` or
+``router_settings: {plugins: ["tally_litellm.proxy.plugin"]}``.
+
+Tested on LiteLLM 1.106 (the lower bound) and the newest release; from 1.110
+the ``Router`` is a facade over a Rust core, and the adapter uses only its
+entry points (``register_plugin``, ``registry()``, ``health()``, ``apply``).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -39,6 +40,8 @@ class Attempt:
     created: float = field(default_factory=time.monotonic)
     reported: bool = False
     finished: bool = False
+    # Names the model a deployment id serves, for attempts LiteLLM placed.
+    resolve_name: Callable[[str], str | None] | None = field(default=None, repr=False)
     _info: dict[str, Any] | None = field(default=None, repr=False)
 
     def info(self) -> dict[str, Any]:
@@ -91,6 +94,15 @@ class AttemptLog:
             while len(self._items) > self.max_size:
                 _, dropped = self._items.popitem(last=False)
                 self._unfinished.pop(id(dropped), None)
+
+    def alias(self, call_id: str, attempt: Attempt) -> None:
+        """Find ``attempt`` by another call id too (the one LiteLLM gave its call)."""
+        with self._cond:
+            self._items[call_id] = attempt
+            while len(self._items) > self.max_size:
+                _, dropped = self._items.popitem(last=False)
+                if dropped is not attempt:
+                    self._unfinished.pop(id(dropped), None)
 
     def get(self, call_id: Any) -> Attempt | None:
         if not isinstance(call_id, str):

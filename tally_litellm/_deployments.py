@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from tally_core import ModelSpec
 from tally_core.catalog import load_price_map
-from tally_litellm._log import log
 
 __all__ = ["DeploymentIndex", "deployment_id", "pool_from_router"]
+
+log = logging.getLogger("tally.litellm")
 
 Deployment = dict[str, Any]
 
@@ -138,7 +140,9 @@ def pool_from_router(router: Any, model_group: str | None = None) -> list[str | 
     facts, _ = load_price_map()
     pool: list[str | ModelSpec] = []
     seen: set[str] = set()
-    for dep in list(getattr(router, "model_list", None) or []):
+    from tally_litellm._host import all_deployments
+
+    for dep in all_deployments(router):
         if not isinstance(dep, Mapping):
             continue
         if model_group is not None and dep.get("model_name") != model_group:

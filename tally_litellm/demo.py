@@ -113,7 +113,10 @@ def build_router(scenario: Scenario, group: str = DEMO_GROUP) -> Router:
                 "model_info": {"id": f"demo-{name}", "tally_model": name},
             }
         )
-    return Router(model_list=model_list, num_retries=0, disable_cooldowns=True, set_verbose=False)
+    router: Router = Router(
+        model_list=model_list, num_retries=0, disable_cooldowns=True, set_verbose=False
+    )
+    return router
 
 
 class _ProviderStrategy(TallyStrategy):

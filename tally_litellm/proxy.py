@@ -1,37 +1,54 @@
-"""Tally in the LiteLLM proxy (``litellm --config config.yaml``): one callbacks entry.
+"""Tally in the LiteLLM proxy (``litellm --config config.yaml``): one line of config.
 
-::
+Either as a logger that routes through LiteLLM's deployment filter hook::
+
+    litellm_settings:
+      callbacks: ["tally_litellm.proxy.handler"]
+
+or as a routing plugin (LiteLLM's own health, cooldown and routing strategy
+then pick among the deployments of the model Tally chose)::
+
+    router_settings:
+      plugins: ["tally_litellm.proxy.plugin"]
+
+with, for both::
 
     model_list:
       - model_name: auto
         litellm_params: {model: gpt-4o-mini}
       - model_name: auto
         litellm_params: {model: openai/gpt-4o}
-    litellm_settings:
-      callbacks: ["tally_litellm.proxy.handler"]
     environment_variables:            # optional
       TALLY_FALLBACK: gpt-4o
       TALLY_HOME: /var/lib/tally
 
-``handler`` is a LiteLLM ``CustomLogger``. LiteLLM offers every logger in
-``litellm.callbacks`` the deployments a call may go to
-(``async_filter_deployments``, after its own health, cooldown and routing
-plugin checks): the handler keeps the one Tally picks, and its logging hooks
-report every attempt. On the first request it builds its ``Tally`` from the
-proxy's router (every deployment whose model has a known price joins the
-pool) and stamps the proxy's responses with the ``x-tally-*`` headers.
+On the first request the handler builds its ``Tally`` from the proxy's
+router (every deployment whose model has a known price joins the pool),
+reports every attempt through its logging hooks, and sends each response's
+``x-tally-decision-id``, ``x-tally-model`` and ``x-tally-phase`` headers
+through LiteLLM's response-headers hook (plain and streamed responses).
 
-Clients send the envelope in the request's ``metadata`` (with the OpenAI SDK:
-``extra_body={"metadata": {"tally": {"task_type": "code-debug"}}}``).
+**Tenancy.** Each request learns and routes under its authenticated
+caller's org: the team id of its virtual key, else the key's hash (what the
+proxy's auth puts in the request metadata). A client's
+``metadata.tally.org`` is ignored (and logged once), so a key of team A can
+never write into team B's learned state; ``allow_client_org=True`` (or
+``TALLY_ALLOW_CLIENT_ORG=1``) lets clients choose, for a proxy whose callers
+are trusted.
+
+Clients send the rest of the envelope in the request's ``metadata`` (with
+the OpenAI SDK: ``extra_body={"metadata": {"tally": {"task_type": "code-debug"}}}``).
 
 Settings, read on the first request: the constructor's arguments, else the
 environment (``TALLY_FALLBACK``, ``TALLY_TASK_TYPE``, ``TALLY_QUALITY_FLOOR``,
-``TALLY_MODEL_GROUP``; state in ``TALLY_HOME``). For anything else (a scorer,
-a custom pool) make your own handler in a module next to config.yaml::
+``TALLY_MODEL_GROUP``, ``TALLY_ALLOW_CLIENT_ORG``; state in ``TALLY_HOME``).
+For anything else (a scorer, a custom pool) make your own handler in a
+module next to config.yaml::
 
-    # tally_config.py                      callbacks: ["tally_config.handler"]
+    # tally_config.py            callbacks: ["tally_config.handler"]
     from tally_litellm.proxy import TallyProxyHandler
     handler = TallyProxyHandler(fallback="gpt-4o", scorer=my_grader)
+    plugin = handler.plugin      # router_settings.plugins: ["tally_config.plugin"]
 """
 
 from __future__ import annotations
@@ -46,14 +63,25 @@ from typing import Any
 from litellm.integrations.custom_logger import CustomLogger
 
 from tally_core import Envelope, InvalidFieldError, ModelSpec, Tally
+from tally_core.adapters import OnceLog
 from tally_litellm._deployments import pool_from_router
-from tally_litellm._log import OnceLog
+from tally_litellm._routing import (
+    DECISION_KEY,
+    Mode,
+    RoutingState,
+    decision_headers,
+    get_decision,
+    log,
+    plugin_signal,
+)
 from tally_litellm.callback import TallyCallback
-from tally_litellm.strategy import Scorer, TallyStrategy
+from tally_litellm.plugin import TallyPlugin
+from tally_litellm.strategy import Scorer
 
-__all__ = ["TallyProxyHandler", "handler"]
+__all__ = ["TallyProxyHandler", "TallyProxyPlugin", "handler", "plugin"]
 
 _PROXY_MODULE = "litellm.proxy.proxy_server"
+_TRUE = ("1", "true", "yes", "on")
 
 
 def proxy_router() -> Any:
@@ -77,8 +105,11 @@ class TallyProxyHandler(TallyCallback):
         As for ``Tally`` and ``TallyStrategy``.
     model_group
         Build the pool from this group's deployments only.
+    allow_client_org
+        Let a request's ``metadata.tally.org`` choose its org (default: the
+        authenticated caller's team, else key).
     tally_kwargs
-        More ``Tally`` arguments (``seed``, ``explore``...).
+        More ``Tally`` arguments (``seed``...).
 
     Nothing is built until the first request (or ``bind``): the proxy
     imports this module while it loads its config, before its router exists.
@@ -103,6 +134,7 @@ class TallyProxyHandler(TallyCallback):
         scorer: Scorer | None = None,
         default_envelope: Mapping[str, Any] | Envelope | None = None,
         task_type: str | None = None,
+        allow_client_org: bool | None = None,
         **tally_kwargs: Any,
     ) -> None:
         CustomLogger.__init__(self)
@@ -114,39 +146,54 @@ class TallyProxyHandler(TallyCallback):
         self.scorer = scorer
         self.default_envelope = default_envelope
         self.task_type = task_type
+        self.allow_client_org = allow_client_org
         self.tally_kwargs = tally_kwargs
-        self._bound: TallyStrategy | None = None
+        self.state = None
         self._failed_for: Any = None
         self._lock = threading.Lock()
-        self._once = OnceLog()
+        self._once = OnceLog(log)
+        self._plugin = TallyProxyPlugin(self)
 
     @property
-    def strategy(self) -> TallyStrategy | None:
-        """The strategy routing the proxy's calls, once bound."""
-        return self._bound
+    def plugin(self) -> TallyProxyPlugin:
+        """This handler as a routing plugin, for ``router_settings.plugins``."""
+        return self._plugin
 
-    def bind(self, router: Any) -> TallyStrategy:
+    @property
+    def mode(self) -> Mode | None:
+        return self.state.mode if self.state is not None else None
+
+    @property
+    def tally(self) -> Tally | None:
+        return self.state.tally if self.state is not None else None
+
+    @property
+    def errors(self) -> dict[str, int]:
+        counts = dict(self._once.counts)
+        if self.state is not None:
+            for k, v in self.state.once.counts.items():
+                counts[k] = counts.get(k, 0) + v
+        return counts
+
+    def bind(self, router: Any, mode: Mode = "hooks") -> RoutingState:
         """Route ``router``'s calls through Tally now; the proxy does it on its first request.
 
         Builds the ``Tally`` the first time; binding to another router later
         (the proxy rebuilt its router) keeps the same ``Tally``.
         """
         with self._lock:
-            strategy = self._bound
-            if strategy is not None and strategy.router is router:
-                return strategy
-            if strategy is None:
-                strategy = self._build(router)
-            else:
-                strategy.uninstall()
-            strategy.callback = self
-            self._strategy = strategy
-            strategy._warn_if_no_pool_model(router)
-            strategy._attach(router, "hooks")
-            self._bound = strategy
-            return strategy
+            state = self.state
+            if state is not None and state.router is router:
+                return state
+            if state is None:
+                state = self._build(router)
+            state.warn_if_no_pool_model(router)
+            state.bind(router, mode)
+            self.state = state
+            self.register()  # a plugin-only config lists no callback: report anyway
+            return state
 
-    def _build(self, router: Any) -> TallyStrategy:
+    def _build(self, router: Any) -> RoutingState:
         env = os.environ
         group = self.model_group or env.get("TALLY_MODEL_GROUP") or None
         pool = list(self.models) if self.models is not None else pool_from_router(router, group)
@@ -168,31 +215,33 @@ class TallyProxyHandler(TallyCallback):
                 raise InvalidFieldError(
                     "TALLY_QUALITY_FLOOR", f"must be a number, got {floor!r}"
                 ) from None
+        allow = self.allow_client_org
+        if allow is None:
+            allow = env.get("TALLY_ALLOW_CLIENT_ORG", "").strip().lower() in _TRUE
         tally = Tally(
             pool, fallback=self.fallback or env.get("TALLY_FALLBACK") or None,
             store=self.store, **self.tally_kwargs,
         )
         try:
-            strategy = TallyStrategy(
+            return RoutingState(
                 tally, scorer=self.scorer, default_envelope=defaults,
                 task_type=self.task_type or env.get("TALLY_TASK_TYPE") or "general",
+                org_from_auth=True, allow_client_org=allow,
             )
         except Exception:
             tally.close()
             raise
-        strategy._owns_tally = True
-        return strategy
 
-    def _current(self) -> TallyStrategy | None:
-        """The strategy for the proxy's current router, bound on first use. Never raises."""
-        strategy = self._bound
+    def current(self, mode: Mode) -> RoutingState | None:
+        """The state for the proxy's current router, bound on first use. Never raises."""
+        state = self.state
         router = proxy_router()
-        if router is None or (strategy is not None and strategy.router is router):
-            return strategy
+        if router is None or (state is not None and state.router is router):
+            return state
         if router is self._failed_for:
             return None
         try:
-            return self.bind(router)
+            return self.bind(router, mode)
         except Exception:
             self._failed_for = router
             self._once.error(
@@ -211,53 +260,79 @@ class TallyProxyHandler(TallyCallback):
         request_kwargs: dict[str, Any] | None = None,
         parent_otel_span: Any = None,
     ) -> list[Any]:
-        strategy = self._current()
-        if strategy is None:
+        state = self.current("hooks")
+        if state is None or state.mode != "hooks":
             return healthy_deployments
-        return strategy._filter_deployments(model, healthy_deployments, messages, request_kwargs)
+        return state.filter(model, healthy_deployments, messages, request_kwargs)
 
-    def log_success_event(
-        self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
-    ) -> None:
-        if self._bound is not None:
-            self._report(kwargs, response_obj, start_time, end_time, success=True)
-
-    def log_failure_event(
-        self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
-    ) -> None:
-        if self._bound is not None:
-            self._report(kwargs, response_obj, start_time, end_time, success=False)
-
-    async def async_log_success_event(
-        self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
-    ) -> None:
-        if self._bound is not None:
-            await self._areport(kwargs, response_obj, start_time, end_time, success=True)
-
-    async def async_log_failure_event(
-        self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
-    ) -> None:
-        if self._bound is not None:
-            await self._areport(kwargs, response_obj, start_time, end_time, success=False)
+    async def async_post_call_response_headers_hook(
+        self,
+        data: dict[str, Any],
+        user_api_key_dict: Any,
+        response: Any,
+        request_headers: dict[str, str] | None = None,
+        litellm_call_info: dict[str, Any] | None = None,
+    ) -> dict[str, str] | None:
+        """The ``x-tally-*`` headers of a proxied response (plain or streamed)."""
+        if self.state is None:
+            return None
+        try:
+            info = get_decision(response) if response is not None else None
+            if info is None and isinstance(data, Mapping):
+                for key in ("metadata", "litellm_metadata"):
+                    md = data.get(key)
+                    found = md.get(DECISION_KEY) if isinstance(md, Mapping) else None
+                    found = found if isinstance(found, Mapping) else plugin_signal(md)
+                    if found is not None:
+                        info = dict(found)
+                        break
+            return decision_headers(info) if info else None
+        except Exception:
+            self._once.error("headers", "tally: could not set the response headers",
+                             exc_info=True)
+            return None
 
     def flush(self, timeout: float | None = 5.0) -> bool:
-        """``TallyStrategy.flush`` of the bound strategy (True when not bound yet)."""
-        return self._bound.flush(timeout) if self._bound is not None else True
+        """``tally.flush`` of the bound Tally (True when not bound yet)."""
+        return self.state.tally.flush(timeout) if self.state is not None else True
 
     async def aflush(self, timeout: float | None = 5.0) -> bool:
-        """``TallyStrategy.aflush`` of the bound strategy (True when not bound yet)."""
-        return await self._bound.aflush(timeout) if self._bound is not None else True
+        """``flush`` for asyncio code."""
+        return await self.state.tally.aflush(timeout) if self.state is not None else True
 
     def close(self, timeout: float = 5.0) -> None:
-        """Flush, close the ``Tally`` and take this handler out of ``litellm.callbacks``."""
+        """Flush, close the ``Tally`` and take this handler out of LiteLLM's callbacks."""
         with self._lock:
-            strategy, self._bound, self._failed_for = self._bound, None, None
-        if strategy is not None:
-            strategy.close(timeout)
+            state, self.state, self._failed_for = self.state, None, None
+        if state is not None:
+            state.tally.flush(timeout)
+            state.unbind()
+            state.release()
+            state.tally.close(timeout)
+        self.unregister()
 
     def __repr__(self) -> str:
-        return f"TallyProxyHandler({self.name}, {'bound' if self._bound else 'not bound'})"
+        return f"TallyProxyHandler({self.name}, {'bound' if self.state else 'not bound'})"
+
+
+class TallyProxyPlugin:
+    """A ``TallyProxyHandler`` as a routing plugin (``router_settings.plugins``)."""
+
+    def __init__(self, handler: TallyProxyHandler) -> None:
+        self.handler = handler
+
+    async def run(self, context: Any) -> Any:
+        state = self.handler.current("plugin")
+        if state is None or state.mode != "plugin":
+            return context
+        return await TallyPlugin(state).run(context)
+
+    def __repr__(self) -> str:
+        return f"TallyProxyPlugin({self.handler!r})"
 
 
 handler = TallyProxyHandler()
 """What ``callbacks: ["tally_litellm.proxy.handler"]`` names; set up from the environment."""
+
+plugin = handler.plugin
+"""What ``router_settings: {plugins: ["tally_litellm.proxy.plugin"]}`` names: the same Tally."""

@@ -12,7 +12,7 @@ import litellm
 import pytest
 from litellm.types.router import RoutingContext, RoutingPlugin
 
-from tally_core import Tally
+from tally_core import InvalidFieldError, Tally
 from tally_litellm import TallyPlugin, TallyStrategy, get_decision
 from tests.integration.litellm_support import (  # noqa: F401 (an autouse fixture)
     MSGS,
@@ -164,22 +164,31 @@ def test_an_earlier_policy_plugin_limits_what_tally_may_pick(monkeypatch):
         assert all(env["allowed_models"] == ("gpt-4o-mini", "gpt-4o") for env, _ in seen)
 
 
-def test_install_plugin_true_appends_and_uninstall_removes():
-    router = litellm.Router(model_list=pool_deployments(), num_retries=0)
-    strategy = TallyStrategy.from_router(router, fallback="gpt-4o", store=":memory:", seed=1,
-                                         plugin=True)
+def test_plugin_mode_needs_the_plugin_in_the_router_and_uninstall_passes_through(caplog):
+    # LiteLLM reads a router's plugins when it is built (from 1.110 they are
+    # not a runtime setting): plugin=True on a router without ours is refused.
+    bare = litellm.Router(model_list=pool_deployments(), num_retries=0)
+    with pytest.raises(InvalidFieldError, match="plugins=\\[strategy.as_plugin\\(\\)\\]"):
+        TallyStrategy.from_router(bare, fallback="gpt-4o", store=":memory:", seed=1, plugin=True)
+    strategy = TallyStrategy(Tally(POOL, fallback="gpt-4o", store=":memory:", seed=1))
+    router = litellm.Router(model_list=pool_deployments(), num_retries=0,
+                            plugins=[strategy.as_plugin()])
     try:
+        assert strategy.install(router, plugin=True).mode == "plugin"
+        strategy.install(router)  # again: still plugin mode, one callback
         assert strategy.mode == "plugin"
-        assert router.routing_plugins == [strategy.as_plugin()]
-        assert "async_get_available_deployment" not in router.__dict__  # no custom strategy
-        strategy.install(router)  # again: still one plugin
-        assert router.routing_plugins == [strategy.as_plugin()]
+        assert sum(cb is strategy.callback for cb in litellm.callbacks) == 1
         r = acall(router, strategy)
         assert get_decision(r)["routed_by"] == "tally"
+        strategy.uninstall()
+        assert strategy.mode is None and strategy.callback not in litellm.callbacks
+        with caplog.at_level(logging.WARNING, logger="tally.litellm"):
+            r = acall(router, strategy)  # LiteLLM routes: the plugin passes it through
+        assert not isinstance(r, Exception) and get_decision(r) is None
+        assert "install(router)" in caplog.text
     finally:
         strategy.close()
-    assert router.routing_plugins == []
-    assert strategy.callback not in litellm.callbacks
+        strategy.tally.close()
 
 
 def test_retry_avoids_the_failed_model_and_reports_both():

@@ -95,13 +95,13 @@ def acall(router: Any, handler: TallyProxyHandler, stream: bool = False, **kw: A
 
 
 def rows(handler: TallyProxyHandler) -> list[dict[str, Any]]:
-    assert handler.strategy is not None
-    return [row for row in handler.strategy.tally.ledger.rows() if row["decision_id"]]
+    assert handler.state is not None
+    return [row for row in handler.state.tally.ledger.rows() if row["decision_id"]]
 
 
 def spy_route(monkeypatch: pytest.MonkeyPatch, handler: TallyProxyHandler) -> list[Any]:
-    assert handler.strategy is not None
-    tally = handler.strategy.tally
+    assert handler.state is not None
+    tally = handler.state.tally
     seen: list[Any] = []
     real = tally.route
 
@@ -120,14 +120,14 @@ def test_config_yaml_names_a_logger_that_litellm_can_load():
     loaded = get_instance_fn("tally_litellm.proxy.handler")
     assert loaded is tally_litellm.proxy.handler
     assert isinstance(loaded, CustomLogger)
-    assert loaded.strategy is None  # nothing is built before the proxy's first request
+    assert loaded.state is None  # nothing is built before the proxy's first request
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 def test_proxy_calls_go_where_tally_says_and_are_reported(monkeypatch, stream):
     with proxy(monkeypatch=monkeypatch) as (router, handler):
         responses = [acall(router, handler, stream) for _ in range(5)]
-        strategy = handler.strategy
+        strategy = handler.state
         assert strategy is not None and strategy.router is router and strategy.mode == "hooks"
         got = {row["decision_id"]: row for row in rows(handler)}
         assert len(got) == 5
@@ -161,8 +161,8 @@ def test_the_envelope_is_read_off_the_whole_request(monkeypatch):
 def test_learning_moves_proxy_traffic(monkeypatch):
     with proxy(monkeypatch=monkeypatch) as (router, handler):
         acall(router, handler)
-        assert handler.strategy is not None
-        train(handler.strategy.tally, "code-debug",
+        assert handler.state is not None
+        train(handler.state.tally, "code-debug",
               {"gpt-4o-mini": 0.3, "claude-haiku-4-5": 0.95, "gpt-4o": 0.97})
         meta = {"tally": {"task_type": "code-debug", "quality_floor": 0.8}}
         served = [served_id(acall(router, handler, metadata=dict(meta))) for _ in range(10)]
@@ -194,8 +194,8 @@ def test_deployments_litellm_cooled_down_are_not_offered(monkeypatch):
         pin = {"tally": {"task_type": "qa-simple", "allowed_models": ["gpt-4o-mini"]}}
         assert isinstance(acall(router, handler, mock_response="litellm.InternalServerError",
                                 metadata=pin), Exception)
-        assert handler.strategy is not None
-        train(handler.strategy.tally, "qa-simple", CHEAP_IS_GOOD)
+        assert handler.state is not None
+        train(handler.state.tally, "qa-simple", CHEAP_IS_GOOD)
         seen = spy_route(monkeypatch, handler)
         served = [served_id(acall(router, handler)) for _ in range(5)]
         assert "mini" not in served
@@ -208,7 +208,7 @@ def test_settings_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("TALLY_QUALITY_FLOOR", "0.85")
     with proxy(monkeypatch=monkeypatch, fallback=None) as (router, handler):
         acall(router, handler, metadata={})
-        strategy = handler.strategy
+        strategy = handler.state
         assert strategy is not None
         assert strategy.tally.fallback == "claude-haiku-4-5"
         assert strategy.task_type == "summarisation"
@@ -219,14 +219,14 @@ def test_settings_come_from_the_environment(monkeypatch):
 def test_a_new_proxy_router_keeps_the_same_tally(monkeypatch):
     with proxy(monkeypatch=monkeypatch) as (router, handler):
         acall(router, handler)
-        first = handler.strategy
+        first = handler.state
         assert first is not None
         tally = first.tally
         other = proxy_like_router()
         monkeypatch.setitem(sys.modules, "litellm.proxy.proxy_server",
                             types.SimpleNamespace(llm_router=other))
         r = acall(other, handler)
-        assert handler.strategy is first and first.router is other and first.tally is tally
+        assert handler.state is first and first.router is other and first.tally is tally
         assert get_decision(r)["routed_by"] == "tally"
         assert sum(1 for cb in litellm.callbacks if cb is handler) == 1
 
@@ -244,19 +244,19 @@ def test_bad_envelope_fails_open_to_the_fallback_and_logs_once(monkeypatch, capl
             assert get_decision(r)["routed_by"] == "fail-open"
         warnings = [rec for rec in caplog.records if rec.levelno >= logging.WARNING]
         assert len(warnings) == 1 and "colour" in warnings[0].getMessage()
-        assert handler.strategy is not None and handler.strategy.errors == {"route": 3}
-        assert [row["model"] for row in handler.strategy.tally.ledger.rows()] == ["gpt-4o"] * 3
+        assert handler.state is not None and handler.state.errors == {"route": 3}
+        assert [row["model"] for row in handler.state.tally.ledger.rows()] == ["gpt-4o"] * 3
 
 
 def test_a_closed_tally_fails_open(monkeypatch):
     with proxy(monkeypatch=monkeypatch) as (router, handler):
         acall(router, handler)
-        assert handler.strategy is not None
-        handler.strategy.tally.close()
+        assert handler.state is not None
+        handler.state.tally.close()
         r = acall(router, handler)
         assert served_id(r) == "4o" and get_decision(r)["routed_by"] == "fail-open"
-        assert handler.strategy.errors["route"] == 1
-        assert handler.strategy.errors["telemetry"] == 1  # reported, not raised
+        assert handler.state.errors["route"] == 1
+        assert handler.state.errors["telemetry"] == 1  # reported, not raised
 
 
 def test_when_no_tally_can_be_built_litellm_routes_every_call(monkeypatch, caplog):
@@ -267,7 +267,7 @@ def test_when_no_tally_can_be_built_litellm_routes_every_call(monkeypatch, caplo
         for _ in range(2):
             r = acall(router, handler)
             assert served_id(r) in ("m1", "m2") and get_decision(r) is None
-        assert handler.strategy is None
+        assert handler.state is None
         assert caplog.text.count("could not set up routing") == 1
 
 
@@ -278,6 +278,6 @@ def test_outside_the_proxy_the_handler_does_nothing(monkeypatch):
     try:
         router = proxy_like_router()
         r = asyncio.run(router.acompletion(model="auto", messages=MSGS))
-        assert get_decision(r) is None and handler.strategy is None
+        assert get_decision(r) is None and handler.state is None
     finally:
         litellm.callbacks[:] = [cb for cb in litellm.callbacks if cb is not handler]
