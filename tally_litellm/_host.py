@@ -47,7 +47,17 @@ Deployment = dict[str, Any]
 
 def has_entry_points(router: Any) -> bool:
     """Whether the router has the 1.109+ entry points (``registry()``, ``health()``...)."""
-    return callable(getattr(router, "registry", None)) and callable(getattr(router, "health", None))
+    cls = type(router)
+    known = _ENTRY_POINTS.get(cls)
+    if known is None:
+        known = _ENTRY_POINTS[cls] = callable(getattr(router, "registry", None)) and callable(
+            getattr(router, "health", None)
+        )
+    return known
+
+
+# By class: the facade answers attribute reads slowly, and the answer is the class's.
+_ENTRY_POINTS: dict[type, bool] = {}
 
 
 def deployment_id(deployment: Mapping[str, Any]) -> str | None:

@@ -387,12 +387,13 @@ class RoutingState:
 
     # -- the strategy's pick ---------------------------------------------------
 
-    def group_ids(self, model: str) -> list[str]:
-        """Deployment ids of a group, for the cooldown read before a pick. Never raises."""
+    def group(self, model: str) -> list[Deployment]:
+        """The deployments of a model group, read once per pick. Never raises."""
         try:
-            return [i for d in _host.group_deployments(self.router, model)
-                    if (i := _host.deployment_id(d)) is not None]
+            return _host.group_deployments(self.router, model)
         except Exception:
+            self.once.error("deployments", "tally: could not read the router's deployments",
+                            exc_info=True)
             return []
 
     def pick(
@@ -402,6 +403,7 @@ class RoutingState:
         input: Any,
         specific_deployment: bool | None,
         kw: dict[str, Any],
+        group: list[Deployment],
         cooldowns: set[str],
     ) -> Deployment:
         """The deployment for one attempt: Tally's choice, else a weighted shuffle.
@@ -424,7 +426,6 @@ class RoutingState:
                      if _host.deployment_id(d) == model or _model_string(d) == model]
             if named:
                 return named[0]
-        group = _host.group_deployments(router, model)
         if not group:
             raise ValueError(f"no deployment of this router serves model group {model!r}")
         if input is not None or specific_deployment:
@@ -512,8 +513,7 @@ class RoutingState:
         if not isinstance(group_name, str):
             return
         allowed = set(context.candidate_models)  # what earlier plugins left
-        group = [d for d in _host.group_deployments(self.router, group_name)
-                 if _model_string(d) in allowed]
+        group = [d for d in self.group(group_name) if _model_string(d) in allowed]
         if not group:
             # LiteLLM 1.110 runs a fallback hop's plugins with the first
             # group's name in the metadata: the candidates say which group it is.

@@ -86,7 +86,8 @@ async def _acooldowns(state: RoutingState, context: Any) -> set[str]:
     if not isinstance(group, str):
         return set()
     try:
-        return await _host.acooldown_ids(state.router, state.group_ids(group))
+        ids = [i for d in state.group(group) if (i := _host.deployment_id(d)) is not None]
+        return await _host.acooldown_ids(state.router, ids)
     except Exception:
         state.once.error("cooldowns", "tally: could not read the router's cooldowns",
                          exc_info=True)

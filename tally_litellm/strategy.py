@@ -285,8 +285,9 @@ class TallyStrategy(CustomRoutingStrategyBase):
         """The deployment for one attempt (``router.completion`` and friends)."""
         state = self.state
         kw = request_kwargs if request_kwargs is not None else {}
-        cooldowns = self._cooldowns(model)
-        return state.pick(model, messages, input, specific_deployment, kw, cooldowns)
+        group = state.group(model)
+        cooldowns = self._cooldowns(group)
+        return state.pick(model, messages, input, specific_deployment, kw, group, cooldowns)
 
     async def async_get_available_deployment(  # type: ignore[override]
         self,
@@ -299,20 +300,21 @@ class TallyStrategy(CustomRoutingStrategyBase):
         """The deployment for one attempt (``router.acompletion`` and friends)."""
         state = self.state
         kw = request_kwargs if request_kwargs is not None else {}
-        cooldowns = await self._acooldowns(model)
-        return state.pick(model, messages, input, specific_deployment, kw, cooldowns)
+        group = state.group(model)
+        cooldowns = await self._acooldowns(group)
+        return state.pick(model, messages, input, specific_deployment, kw, group, cooldowns)
 
-    def _cooldowns(self, model: str) -> set[str]:
+    def _cooldowns(self, group: list[Deployment]) -> set[str]:
         try:
-            return _host.cooldown_ids(self.state.router, self.state.group_ids(model))
+            return _host.cooldown_ids(self.state.router, _ids(group))
         except Exception:
             self.state.once.error("cooldowns", "tally: could not read the router's cooldowns",
                                   exc_info=True)
             return set()
 
-    async def _acooldowns(self, model: str) -> set[str]:
+    async def _acooldowns(self, group: list[Deployment]) -> set[str]:
         try:
-            return await _host.acooldown_ids(self.state.router, self.state.group_ids(model))
+            return await _host.acooldown_ids(self.state.router, _ids(group))
         except Exception:
             self.state.once.error("cooldowns", "tally: could not read the router's cooldowns",
                                   exc_info=True)
@@ -344,3 +346,7 @@ class TallyStrategy(CustomRoutingStrategyBase):
     def __repr__(self) -> str:
         installed = "installed" if self.state.router is not None else "not installed"
         return f"TallyStrategy({self.tally!r}, {installed})"
+
+
+def _ids(group: list[Deployment]) -> list[str]:
+    return [i for d in group if (i := _host.deployment_id(d)) is not None]
