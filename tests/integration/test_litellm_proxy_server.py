@@ -40,14 +40,18 @@ model_list:
   - model_name: auto
     litellm_params: {model: openai/gpt-4o, api_key: sk-test, mock_response: "from 4o"}
     model_info: {id: 4o}
-litellm_settings:
-  callbacks: ["tally_litellm.proxy.handler"]
+TALLY_HOOK
 general_settings:
   master_key: MASTER_KEY
 environment_variables:
   TALLY_FALLBACK: gpt-4o
 """.replace("MASTER_KEY", MASTER_KEY)
 MODEL_OF = {"mini": "gpt-4o-mini", "haiku": "claude-haiku-4-5", "4o": "gpt-4o"}
+# The two ways a proxy config names Tally: a logger, or a routing plugin.
+HOOKS = {
+    "callbacks": 'litellm_settings:\n  callbacks: ["tally_litellm.proxy.handler"]',
+    "plugins": 'router_settings:\n  plugins: ["tally_litellm.proxy.plugin"]',
+}
 
 
 def _free_port() -> int:
@@ -56,11 +60,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+@pytest.fixture(scope="module", params=sorted(HOOKS))
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Path]]:
     """A proxy on a free loopback port; its base URL and TALLY_HOME. Stopped after."""
     home = tmp_path_factory.mktemp("proxy")
-    (home / "config.yaml").write_text(CONFIG)
+    (home / "config.yaml").write_text(CONFIG.replace("TALLY_HOOK", HOOKS[request.param]))
     port = _free_port()
     env = {**os.environ, "TALLY_HOME": str(home / "state"), "LITELLM_LOCAL_MODEL_COST_MAP": "True",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]),
