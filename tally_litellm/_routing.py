@@ -56,6 +56,7 @@ __all__ = [
     "get_decision",
     "log",
     "metadata_of",
+    "state_of",
 ]
 
 log = logging.getLogger("tally.litellm")
@@ -99,6 +100,15 @@ class _CallIndex:
 
 
 _CALLS = _CallIndex()
+
+# The state routing each router, by id (a router holds no reference to us).
+_BOUND: dict[int, RoutingState] = {}
+
+
+def state_of(router: Any) -> RoutingState | None:
+    """The routing state installed on ``router``, or None."""
+    state = _BOUND.get(id(router))
+    return state if state is not None and state.router is router else None
 
 
 def decision_headers(info: Mapping[str, Any]) -> dict[str, str]:
@@ -265,10 +275,13 @@ class RoutingState:
     def bind(self, router: Any, mode: Mode) -> None:
         """Route ``router``'s calls; ``tally.flush()`` waits for their outcomes from now on."""
         self.router, self.mode = router, mode
+        _BOUND[id(router)] = self
         if self._remove_waiter is None:
             self._remove_waiter = self.tally.add_flush_waiter(self.wait)
 
     def unbind(self) -> None:
+        if self.router is not None and _BOUND.get(id(self.router)) is self:
+            del _BOUND[id(self.router)]
         self.router, self.mode = None, None
 
     def release(self) -> None:
@@ -293,9 +306,10 @@ class RoutingState:
 
     # -- deciding ------------------------------------------------------------
 
-    def _envelope(
+    def envelope(
         self, md: Mapping[str, Any], messages: Sequence[Any] | None, kw: Mapping[str, Any]
     ) -> dict[str, Any]:
+        """The envelope of one request: defaults, what it shows, ``metadata["tally"]``."""
         given = md.get(ENVELOPE_KEY)
         env = request_envelope(self._defaults, given, messages, kw)
         if self.org_from_auth:
@@ -338,7 +352,7 @@ class RoutingState:
                 return None  # a group outside the pool (a fallback hop, say)
             usable = _usable(in_pool, md, cooldowns)
             models = list(dict.fromkeys(n for _, n in usable))
-            env = self._envelope(md, messages, kw)
+            env = self.envelope(md, messages, kw)
             if set(models) != set(self._index_key):
                 # Only models this group can serve (and has not just failed on).
                 given = env.get("allowed_models")
@@ -634,6 +648,20 @@ class RoutingState:
     def finish(self, attempt: Attempt) -> None:
         self.attempts.finish(attempt)
 
+    def grade(self, call_id: Any, quality: float) -> None:
+        """A quality for one routed attempt, known after the call (a cascade's checks).
+
+        Travels with the attempt's outcome when that has not been reported
+        yet; else goes as ``tally.feedback`` once the outcome is in, so it
+        replaces the quality the call was counted with instead of racing it.
+        """
+        attempt = self.attempts.get(call_id) or _CALLS.get(call_id)
+        if attempt is None:
+            return
+        if not self.attempts.grade(attempt, quality) and attempt.decision_id is not None:
+            self.tally.feedback(attempt.decision_id, quality=quality, model=attempt.model,
+                                task_type=attempt.task_type, org=attempt.org)
+
     def wait(self, timeout: float | None) -> bool:
         """Until every attempt routed so far has been reported (``tally.flush`` calls it)."""
         return self.attempts.wait(time.monotonic(), timeout)
@@ -687,7 +715,7 @@ class RoutingState:
             "latency_ms": latency_ms,
             "cost_usd": cost,
             "error": error,
-            "quality": None,
+            "quality": attempt.quality,
         }
 
     def score(

@@ -160,7 +160,7 @@ class TallyCallback(CustomLogger):
         self, state: RoutingState, attempt: Attempt, outcome: dict[str, Any], score: Any
     ) -> None:
         try:
-            if outcome["success"] and state.scorer is not None:
+            if outcome["success"] and state.scorer is not None and outcome["quality"] is None:
                 outcome["quality"] = state.quality(score)
             state.send(attempt, outcome)
         except Exception:
