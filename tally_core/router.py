@@ -17,6 +17,7 @@ import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,7 @@ from tally_core.ledger import Ledger
 from tally_core.policy.bandit import FloorBandit
 from tally_core.policy.base import Candidate, Plan, Policy
 from tally_core.policy.floor import prob_clears
+from tally_core.shadow import ShadowPair, Shadows, ShadowSpec, shadow_report
 from tally_core.stores.base import StateStore, TaskKey
 from tally_core.stores.disk import DiskStore
 from tally_core.stores.memory import MemoryStore
@@ -300,6 +302,7 @@ class Tally:
         self._last_refresh = 0.0
         self._closed = False
         self._flush_waiters: list[Callable[[float | None], bool]] = []
+        self.shadows = Shadows(seed)
         self._refresh(full=True)
 
         self._queue = TelemetryQueue(
@@ -1120,6 +1123,48 @@ class Tally:
 
     def _context_windows(self) -> list[int]:
         return sorted({s.context_window for s in self.catalog if s.context_window})
+
+    # -- shadow tests ---------------------------------------------------------
+
+    def shadow(
+        self,
+        candidate: str | ModelSpec | Mapping[str, Any],
+        *,
+        sample: float = 0.1,
+        task_types: Iterable[str] | None = None,
+        until: datetime | float | None = None,
+    ) -> ShadowSpec:
+        """Send a copy of a ``sample`` share of calls to ``candidate`` in the background.
+
+        The adapters make the copies after the user's call has been answered
+        and record each as a decision pinned to the candidate (tags
+        ``shadow``, ``shadow-of:<id>``), so its outcomes are evidence for it.
+        A candidate not in the pool is added (a ``ModelSpec`` or a price-map
+        name). ``until``: a datetime or unix time when it stops by itself.
+        See ``tally_core.shadow``.
+        """
+        if self._closed:
+            raise ClosedError("this Tally is closed")
+        name = candidate.name if isinstance(candidate, ModelSpec) else (
+            str(candidate["name"]) if isinstance(candidate, Mapping) else candidate)
+        if not isinstance(name, str) or not name:
+            raise InvalidFieldError("candidate", "must be a model name or a ModelSpec")
+        if name not in self.catalog:
+            self.add_model(candidate)
+        return self.shadows.start(name, sample=sample, task_types=task_types, until=until)
+
+    def stop_shadow(self, candidate: str) -> bool:
+        """Stop a shadow test (its recorded outcomes stay); False if none ran."""
+        return self.shadows.stop(candidate)
+
+    def shadow_report(
+        self, *, org: str | None = None, task_type: str | None = None
+    ) -> list[ShadowPair]:
+        """Each shadow test's paired figures per task type: quality difference with a 95%
+        CI, cost and latency deltas (``tally_core.shadow.shadow_report``)."""
+        self._ready_for_reports()
+        task = parse_task_type(task_type) if task_type is not None else None
+        return shadow_report(self.ledger.rows(org=org, task_type=task))
 
     def add_model(self, model: str | ModelSpec | Mapping[str, Any]) -> None:
         """Add a model to the pool; it starts in calibration."""

@@ -40,6 +40,8 @@ class Attempt:
     created: float = field(default_factory=time.monotonic)
     reported: bool = False
     finished: bool = False
+    # The caller's compliance rules (allowed_models / allowed_providers), for shadow copies.
+    rules: dict[str, Any] | None = None
     # A grade given before the outcome was reported (a cascade's checks): sent with it.
     quality: float | None = None
     # Names the model a deployment id serves, for attempts LiteLLM placed.

@@ -44,6 +44,7 @@ from tally_litellm import _host
 from tally_litellm._attempts import Attempt, AttemptLog, RoutedBy
 from tally_litellm._deployments import DeploymentIndex, _price_map_name
 from tally_litellm._envelope import ENVELOPE_KEY, _hashable, request_envelope
+from tally_litellm._shadow import ShadowRunner
 
 __all__ = [
     "DECISION_KEY",
@@ -203,6 +204,7 @@ class Choice:
     task_type: str
     org: str
     decision: RouteDecision | None = None
+    rules: dict[str, Any] | None = None  # the caller's allowed_models / allowed_providers
 
 
 class RoutingState:
@@ -264,6 +266,7 @@ class RoutingState:
         self._index_key = tuple(tally.catalog.names)
         self._names_by_id: dict[str, str] = {}
         self._remove_waiter: Callable[[], None] | None = None
+        self.shadow_runner = ShadowRunner(self)
 
     @property
     def errors(self) -> dict[str, int]:
@@ -286,6 +289,7 @@ class RoutingState:
 
     def release(self) -> None:
         """Stop taking part in ``tally.flush()`` (the adapter is closed)."""
+        self.shadow_runner.close()
         if self._remove_waiter is not None:
             self._remove_waiter()
             self._remove_waiter = None
@@ -353,6 +357,8 @@ class RoutingState:
             usable = _usable(in_pool, md, cooldowns)
             models = list(dict.fromkeys(n for _, n in usable))
             env = self.envelope(md, messages, kw)
+            rules = {k: env[k] for k in ("allowed_models", "allowed_providers")
+                     if env.get(k) is not None}
             if set(models) != set(self._index_key):
                 # Only models this group can serve (and has not just failed on).
                 given = env.get("allowed_models")
@@ -364,7 +370,7 @@ class RoutingState:
             if not picks:
                 raise LookupError(f"no deployment in this group serves {decision.model!r}")
             return Choice(picks, decision.model, "tally", decision.task_type, decision.org,
-                          decision)
+                          decision, rules or None)
         except Exception as exc:
             self.once.error(
                 "route", "tally: routing failed (%s: %s); failing open to %s",
@@ -449,7 +455,8 @@ class RoutingState:
         if choice is not None and choice.deployments:
             dep = _host.choose(choice.deployments, self._rng)
             self.record(kw, md, model, dep, choice.model, choice.routed_by,
-                        decision=choice.decision, task_type=choice.task_type, org=choice.org)
+                        decision=choice.decision, task_type=choice.task_type, org=choice.org,
+                        rules=choice.rules)
             return dep
         dep = _host.choose([d for d, _ in _usable([(d, "") for d in group], md, cooldowns)],
                            self._rng)
@@ -512,7 +519,7 @@ class RoutingState:
             dep = _host.choose(choice.deployments, self._rng)
             self.record(kw, md, model, dep, choice.model, choice.routed_by,
                         decision=choice.decision, task_type=choice.task_type, org=choice.org,
-                        own_id=False)
+                        own_id=False, rules=choice.rules)
             return [dep]
         except Exception:
             self.once.error("route", "tally: could not filter the deployments", exc_info=True)
@@ -607,6 +614,7 @@ class RoutingState:
         task_type: str | None = None,
         org: str | None = None,
         own_id: bool = True,
+        rules: dict[str, Any] | None = None,
     ) -> None:
         """Record an attempt and stamp its decision on the request metadata.
 
@@ -623,6 +631,7 @@ class RoutingState:
             call_id, kw.get("litellm_trace_id"), model_group, dep, name, routed_by,
             decision=decision, decision_id=decision_id, task_type=task_type, org=org,
         )
+        attempt.rules = rules
         md[DECISION_KEY] = attempt.info()
 
     def bind_call(self, kwargs: Mapping[str, Any]) -> None:
@@ -663,8 +672,13 @@ class RoutingState:
                                 task_type=attempt.task_type, org=attempt.org)
 
     def wait(self, timeout: float | None) -> bool:
-        """Until every attempt routed so far has been reported (``tally.flush`` calls it)."""
-        return self.attempts.wait(time.monotonic(), timeout)
+        """Until every attempt routed so far, and every shadow copy of one, has been
+        reported (``tally.flush`` calls it)."""
+        start = time.monotonic()
+        if not self.attempts.wait(start, timeout):
+            return False
+        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+        return self.shadow_runner.wait(left)
 
     # -- outcomes ------------------------------------------------------------
 
