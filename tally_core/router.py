@@ -31,6 +31,7 @@ from tally_core._state import (
     arm_view,
 )
 from tally_core.catalog import Catalog, ModelSpec, store_price_map
+from tally_core.compliance import OrgPolicies
 from tally_core.decision import Dropped, RouteDecision
 from tally_core.envelope import Envelope, coerce_envelope, parse_task_type
 from tally_core.errors import (
@@ -187,6 +188,12 @@ class Tally:
         it at once on the caller's thread (simulations, tests).
     ledger
         A path, ``":memory:"``, a ``Ledger``, or None for the store's default.
+    org_policies
+        Compliance rules per org: ``{"eu-team": {"allowed_providers": ["azure"]}}``
+        (``allowed_models`` too). Every call of that org is narrowed to them,
+        fallback, holdout and shadows included; a call they leave nothing for
+        raises ``NoCandidateError`` naming the org and the rule
+        (``tally_core.compliance``).
 
     The ``confidence`` of a decision is the posterior probability that the
     chosen model's quality for this task type and context is at or above the
@@ -223,6 +230,7 @@ class Tally:
         error_cooldown: int = 50,
         max_queue: int = 100_000,
         refresh_interval_s: float = 1.0,
+        org_policies: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
     ) -> None:
         self.catalog = Catalog(
             models,
@@ -253,6 +261,7 @@ class Tally:
         self.error_cooldown = error_cooldown
         self.refresh_interval_s = refresh_interval_s
         self.seed = seed
+        self.org_policies = OrgPolicies(org_policies)
         self._draws = _Draws(seed)
         self._windows = self._context_windows()
 
@@ -397,7 +406,7 @@ class Tally:
 
     def _envelope(self, envelope: Any, fields: dict[str, Any]) -> Envelope:
         if isinstance(envelope, Envelope) and not fields:
-            return envelope
+            return self.org_policies.apply(envelope) if self.org_policies else envelope
         if envelope is None:
             data: Mapping[str, Any] = fields
         elif isinstance(envelope, Envelope):
@@ -412,10 +421,11 @@ class Tally:
             ck: Any = tuple(data.items())
             hash(ck)
         except TypeError:
-            return coerce_envelope(data)
+            return self.org_policies.apply(coerce_envelope(data))
         env = self._env_cache.get(ck)
         if env is None:
-            env = coerce_envelope(data)
+            # Narrowed to the org's compliance rules before it is cached or used.
+            env = self.org_policies.apply(coerce_envelope(data))
             if len(self._env_cache) > 4096:
                 self._env_cache.clear()
             self._env_cache[ck] = env
@@ -484,9 +494,12 @@ class Tally:
                 continue
             cands.append(Candidate(name, cost, view))
         if not allowed_any:
+            rules = self.org_policies.describe(env.org)
             raise NoCandidateError(
                 "allowed_models" if env.allowed_models is not None else "allowed_providers",
-                "no model in the pool is allowed; pool: " + ", ".join(self.catalog.names),
+                "no model in the pool is allowed"
+                + (f" for org {env.org!r} (its rules: {rules})" if rules else "")
+                + "; pool: " + ", ".join(self.catalog.names),
             )
         fallback = self.fallback
         fb = self.catalog[fallback]

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from tally_core import Envelope, InvalidFieldError, RouteDecision, Tally
+from tally_core import Envelope, InvalidFieldError, NoCandidateError, RouteDecision, Tally
 from tally_core.adapters import OnceLog, error_class, grade
 from tally_core.catalog import load_price_map
 from tally_core.envelope import coerce_envelope, normalise_task_type
@@ -371,6 +371,10 @@ class RoutingState:
                 raise LookupError(f"no deployment in this group serves {decision.model!r}")
             return Choice(picks, decision.model, "tally", decision.task_type, decision.org,
                           decision, rules or None)
+        except NoCandidateError:
+            # Compliance beats failing open: no permitted model can serve this call, and
+            # the fallback may be a forbidden one. The caller gets the error, naming the rule.
+            raise
         except Exception as exc:
             self.once.error(
                 "route", "tally: routing failed (%s: %s); failing open to %s",
@@ -508,7 +512,11 @@ class RoutingState:
                 return healthy  # not a chat call, or the caller named a deployment
             md = metadata_of(kw)
             group = _plugin_survivors(healthy, md)
-            choice = self.decide(group, md, messages, kw, set())
+            try:
+                choice = self.decide(group, md, messages, kw, set())
+            except NoCandidateError as exc:
+                self.once.error("compliance", "tally: %s", str(exc)[:300])
+                return []  # nothing permitted: LiteLLM refuses the call, never a forbidden model
             if choice is None:
                 self.record_hop(kw, md, model, None)
                 return healthy
@@ -543,7 +551,11 @@ class RoutingState:
             names = {d.get("model_name") for d in others}
             if len(names) == 1 and isinstance(hop := names.pop(), str):
                 group_name, group = hop, others
-        choice = self.decide(group, md, context.raw_messages, {}, cooldowns)
+        try:
+            choice = self.decide(group, md, context.raw_messages, {}, cooldowns)
+        except NoCandidateError:
+            context.candidate_models = []  # nothing permitted: LiteLLM finds no deployment
+            raise
         if choice is None:
             prev = plugin_signal(md)
             before = self.attempts.get(prev.get("call_id")) if prev is not None else None
