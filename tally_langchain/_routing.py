@@ -18,6 +18,7 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 from langchain_core.messages.utils import count_tokens_approximately
+from pydantic import ValidationError
 
 from tally_core import Envelope, InvalidFieldError, RouteDecision, Tally
 from tally_langchain._common import DEFAULT_TASK_TYPE, LogOnce, error_name, send_telemetry
@@ -26,10 +27,14 @@ __all__ = [
     "CANCELLED",
     "Planned",
     "Pool",
+    "envelope_dict",
     "failed",
+    "invalid_field",
+    "ls_model_name",
     "ms_since",
     "name_models",
     "per_call_envelope",
+    "stamp",
     "stamped",
 ]
 
@@ -376,3 +381,14 @@ def stamp(message: BaseMessage, meta: Mapping[str, Any]) -> None:
         message.response_metadata["tally"] = dict(meta)
     except Exception:  # a message type without response_metadata
         pass
+
+
+def invalid_field(exc: ValidationError, owner: str) -> InvalidFieldError:
+    """A pydantic error at construction as ``InvalidFieldError`` naming the field."""
+    err = exc.errors(include_url=False)[0]
+    original = (err.get("ctx") or {}).get("error")
+    if isinstance(original, InvalidFieldError):
+        return original
+    loc = err.get("loc") or (owner,)
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return InvalidFieldError(str(loc[0]), f"{msg}, got {type(err.get('input')).__name__}")

@@ -52,6 +52,7 @@ from tally_langchain._routing import (
     Planned,
     Pool,
     failed,
+    invalid_field,
     ms_since,
     name_models,
     stamp,
@@ -219,7 +220,7 @@ class ChatTally(BaseChatModel):
         try:
             super().__init__(**kwargs)
         except ValidationError as exc:
-            raise _invalid_field(exc) from None
+            raise invalid_field(exc, "ChatTally") from None
 
     # -- construction --------------------------------------------------------
 
@@ -739,13 +740,3 @@ def _as_chunk(message: BaseMessage) -> BaseMessageChunk:
         response_metadata=message.response_metadata,
         id=message.id,
     )
-
-
-def _invalid_field(exc: ValidationError) -> InvalidFieldError:
-    err = exc.errors(include_url=False)[0]
-    original = (err.get("ctx") or {}).get("error")
-    if isinstance(original, InvalidFieldError):
-        return original
-    loc = err.get("loc") or ("ChatTally",)
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    return InvalidFieldError(str(loc[0]), f"{msg}, got {type(err.get('input')).__name__}")
