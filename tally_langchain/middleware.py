@@ -24,16 +24,23 @@ from uuid import UUID
 
 try:
     from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
-    from langchain.agents.middleware.types import ExtendedModelResponse
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise ImportError(
         "TallyMiddleware needs the 'langchain' package (LangChain v1 agents): "
         "pip install 'tally-router[langchain]'"
     ) from exc
+try:  # langchain >= 1.1: a response that carries a Command too
+    from langchain.agents.middleware.types import ExtendedModelResponse
+except ImportError:  # pragma: no cover - langchain 1.0
+
+    class ExtendedModelResponse:  # type: ignore[no-redef]
+        """Stands in for the class older langchain releases do not have."""
+
+        model_response: Any
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
 from langchain_core.tracers.context import register_configure_hook
 
@@ -242,9 +249,10 @@ class TallyMiddleware(AgentMiddleware):
                     "envelope", "tally_langchain: the envelope function raised; using defaults",
                     exc,
                 )
-        messages = list(request.messages)
-        if request.system_message is not None:
-            messages.insert(0, request.system_message)
+        messages: list[BaseMessage] = list(request.messages)
+        system = _system_message(request)
+        if system is not None:
+            messages.insert(0, system)
         tools = len(request.tools or ())
         structured = request.response_format is not None
         current = id(request.model)
@@ -392,6 +400,14 @@ class TallyMiddleware(AgentMiddleware):
         except Exception as exc:
             self._warn("telemetry", "tally_langchain: telemetry was not recorded", exc)
             return planned.name
+
+
+def _system_message(request: ModelRequest) -> BaseMessage | None:
+    message = getattr(request, "system_message", None)  # langchain >= 1.1
+    if isinstance(message, BaseMessage):
+        return message
+    prompt = getattr(request, "system_prompt", None)  # langchain 1.0
+    return SystemMessage(prompt) if isinstance(prompt, str) and prompt else None
 
 
 def _with_model(request: ModelRequest, model: BaseChatModel | None) -> ModelRequest:
