@@ -412,3 +412,16 @@ def test_tally_decision_model_rejects_labels_outside_the_pool(tally):
     with pytest.raises(InvalidFieldError, match="routes"):
         model.invoke({"state": "hi", "questions": {
             "route": Choice(instructions="pick", criteria={"a": "x", "b": "y"})}})
+
+
+def test_chattally_as_an_agents_model_streams_tokens_and_records_each_call(tally):
+    from tally_langchain import ChatTally
+
+    chat = ChatTally(tally=tally, models=kids(), envelope={"task_type": "reasoning"})
+    agent = create_agent(chat, TOOLS)
+    chunks = [c for c, _ in agent.stream(ask(), stream_mode="messages")
+              if c.type == "AIMessageChunk"]
+    text_chunks = [c for c in chunks if c.content]
+    assert len(text_chunks) == 3  # "answer", " from", " <model>": streamed word by word
+    got = rows(tally)
+    assert len(got) == 3 and all(r["success"] == 1 and r["tools_used"] == 2 for r in got)

@@ -565,3 +565,51 @@ def test_stream_events_v3_routes_and_records_once(tally, chat):
     assert stream.output.text.startswith("answer from")
     (row,) = rows(tally)
     assert row["task_type"] == "code-debug" and row["decision_id"] and row["output_tokens"] == 3
+
+
+# -- from_models: init_chat_model children, LiteLLM-style pool names ---------------------
+
+
+def test_from_models_builds_init_chat_model_children_and_a_priced_pool(monkeypatch, tmp_path):
+    pytest.importorskip("langchain.chat_models")
+    import langchain.chat_models as lc_chat_models
+
+    built = []
+
+    def fake_init(model, *, model_provider=None, **kw):
+        built.append((model_provider, model))
+        return FakeChild(model=model, reply=f"answer from {model}")
+
+    monkeypatch.setattr(lc_chat_models, "init_chat_model", fake_init)
+    monkeypatch.setenv("TALLY_HOME", str(tmp_path))
+    chat = ChatTally.from_models(
+        ["openai:gpt-4o-mini", "anthropic:claude-sonnet-4-5", "openai:gpt-4o"],
+        fallback="openai:gpt-4o",
+        envelope={"task_type": "summarisation"},
+    )
+    assert built == [("openai", "gpt-4o-mini"), ("anthropic", "claude-sonnet-4-5"),
+                     ("openai", "gpt-4o")]
+    assert sorted(chat.models) == [
+        "anthropic/claude-sonnet-4-5", "openai/gpt-4o", "openai/gpt-4o-mini"]
+    assert chat.tally.fallback == "openai/gpt-4o"
+    # priced from LiteLLM's map, cheapest first
+    prices = {n: chat.tally.catalog[n].input_cost_per_mtok for n in chat.models}
+    assert prices["openai/gpt-4o-mini"] < prices["openai/gpt-4o"]
+    msg = chat.invoke("summarise this")
+    assert msg.content == f"answer from {msg.response_metadata['tally']['model'].split('/')[1]}"
+    chat.tally.close()
+
+
+def test_from_models_says_what_to_install_and_names_bad_input(tally):
+    pytest.importorskip("langchain.chat_models")
+    try:
+        import langchain_openai  # noqa: F401
+        pytest.skip("langchain-openai is installed")
+    except ImportError:
+        pass
+    with pytest.raises(ImportError, match="'openai:gpt-4o-mini' needs its LangChain provider"):
+        ChatTally.from_models(["openai:gpt-4o-mini"], tally=tally)
+    with pytest.raises(InvalidFieldError, match="provider:model"):
+        ChatTally.from_models(["gpt-4o-mini"], tally=tally)
+    with pytest.raises(InvalidFieldError, match="models"):
+        ChatTally.from_models("openai:gpt-4o", tally=tally)
