@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from langchain_core.messages import BaseMessage
+from langchain_core.outputs import ChatGeneration, LLMResult
 
 from tally_core import Tally
 
@@ -24,7 +25,9 @@ __all__ = [
     "LogOnce",
     "Scorer",
     "error_name",
+    "first_message",
     "llm_output_tokens",
+    "result_tokens",
     "aoutcome",
     "outcome",
     "send_telemetry",
@@ -103,6 +106,25 @@ def llm_output_tokens(llm_output: Mapping[str, Any] | None) -> tuple[int | None,
     inp = usage.get("prompt_tokens", usage.get("input_tokens"))
     out = usage.get("completion_tokens", usage.get("output_tokens"))
     return _count(inp), _count(out)
+
+
+def result_tokens(
+    message: Any, llm_output: Mapping[str, Any] | None
+) -> tuple[int | None, int | None]:
+    """Tokens from the message's ``usage_metadata``, else from the legacy ``llm_output``."""
+    tokens = usage_tokens(message)
+    if tokens == (None, None):
+        tokens = llm_output_tokens(llm_output)
+    return tokens
+
+
+def first_message(response: LLMResult) -> BaseMessage | None:
+    """The message of a chat-model run's first generation, or None."""
+    try:
+        gen = response.generations[0][0]
+    except IndexError:
+        return None
+    return gen.message if isinstance(gen, ChatGeneration) else None
 
 
 def _count(value: Any) -> int | None:

@@ -14,7 +14,7 @@ from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage
-from langchain_core.outputs import ChatGeneration, LLMResult
+from langchain_core.outputs import LLMResult
 from langchain_core.tracers.context import register_configure_hook
 
 from tally_core import InvalidFieldError, Tally
@@ -25,10 +25,10 @@ from tally_langchain._common import (
     LogOnce,
     Scorer,
     error_name,
-    llm_output_tokens,
+    first_message,
     outcome,
+    result_tokens,
     send_telemetry,
-    usage_tokens,
 )
 
 __all__ = ["AutoTelemetry", "TallyCallbackHandler", "auto_telemetry"]
@@ -206,10 +206,8 @@ class TallyCallbackHandler(BaseCallbackHandler):
             return
         try:
             latency_ms = (time.perf_counter() - run.started) * 1000.0
-            message = _first_message(response)
-            tin, tout = usage_tokens(message)
-            if tin is None and tout is None:
-                tin, tout = llm_output_tokens(response.llm_output)
+            message = first_message(response)
+            tin, tout = result_tokens(message, response.llm_output)
             fields = outcome(self.scorer, run.messages, message, self._warn)
             self._send(run, latency_ms=latency_ms, input_tokens=tin, output_tokens=tout, **fields)
         except Exception as exc:
@@ -259,14 +257,6 @@ def _served_model(metadata: Mapping[str, Any], serialized: Mapping[str, Any] | N
     if isinstance(ident, list) and ident and isinstance(ident[-1], str):
         return ident[-1]
     return "unknown"
-
-
-def _first_message(response: LLMResult) -> BaseMessage | None:
-    try:
-        gen = response.generations[0][0]
-    except IndexError:
-        return None
-    return gen.message if isinstance(gen, ChatGeneration) else None
 
 
 # -- auto_telemetry ------------------------------------------------------------

@@ -44,8 +44,8 @@ from tally_langchain._common import (
     LogOnce,
     Scorer,
     aoutcome,
-    llm_output_tokens,
     outcome,
+    result_tokens,
     usage_tokens,
 )
 from tally_langchain._routing import (
@@ -380,11 +380,12 @@ class ChatTally(BaseChatModel):
         kwargs: Mapping[str, Any],
         stop: list[str] | None,
     ) -> _Call:
-        if run_manager is not None:
-            metadata: Mapping[str, Any] | None = run_manager.metadata
-        else:
-            metadata = _run_metadata.get()
+        # Read once, then cleared: a value left over from an earlier call
+        # must never reach a later one.
+        caught = _run_metadata.get()
+        if caught is not None:
             _run_metadata.set(None)
+        metadata = run_manager.metadata if run_manager is not None else caught
         kw = dict(kwargs)
         pin = kw.pop("model", None)
         if pin is not None and pin not in self.models:
@@ -561,10 +562,7 @@ class ChatTally(BaseChatModel):
     @staticmethod
     def _tokens(result: ChatResult) -> tuple[int | None, int | None]:
         message = result.generations[0].message if result.generations else None
-        tokens = usage_tokens(message)
-        if tokens == (None, None):
-            tokens = llm_output_tokens(result.llm_output)
-        return tokens
+        return result_tokens(message, result.llm_output)
 
     # -- what LangChain asks of a chat model -----------------------------------
 

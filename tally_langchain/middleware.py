@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, cast
 from uuid import UUID
@@ -41,7 +42,7 @@ except ImportError:  # pragma: no cover - langchain 1.0
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, SystemMessage
-from langchain_core.outputs import ChatGeneration, LLMResult
+from langchain_core.outputs import LLMResult
 from langchain_core.tracers.context import register_configure_hook
 
 from tally_core import Tally
@@ -49,8 +50,9 @@ from tally_langchain._common import (
     LogOnce,
     Scorer,
     aoutcome,
-    llm_output_tokens,
+    first_message,
     outcome,
+    result_tokens,
     usage_tokens,
 )
 from tally_langchain._routing import (
@@ -142,11 +144,7 @@ class _Attempts(BaseCallbackHandler):
         if attempt is None:
             return
         attempt.latency_ms = ms_since(attempt.started)
-        message = _first_message(response)
-        tokens = usage_tokens(message)
-        if tokens == (None, None):
-            tokens = llm_output_tokens(response.llm_output)
-        attempt.tokens = tokens
+        attempt.tokens = result_tokens(first_message(response), response.llm_output)
         self.done.append(attempt)
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
@@ -281,20 +279,15 @@ class TallyMiddleware(AgentMiddleware):
     ) -> ModelResponse | AIMessage | ExtendedModelResponse:
         """Route the call, run it on the chosen model, report each attempt."""
         planned, chosen = self._safe_plan(request)
-        attempts = _Attempts()
-        token = _attempts.set(attempts)
-        started = time.perf_counter()
-        try:
-            response = handler(_with_model(request, chosen))
-        except BaseException as exc:
-            _attempts.reset(token)
-            self._record(planned, attempts, started, None, None, exc)
-            raise
-        _attempts.reset(token)
-        message = _ai_message(response)
-        graded = outcome(self.scorer, request.messages, message, self._warn)
-        served = self._record(planned, attempts, started, message, graded, None)
-        return cast("ModelResponse", _stamp_response(response, planned, served))
+        with _observed() as attempts:
+            started = time.perf_counter()
+            try:
+                response = handler(_with_model(request, chosen))
+            except BaseException as exc:
+                self._record(planned, attempts, started, None, None, exc)
+                raise
+        graded = outcome(self.scorer, request.messages, _ai_message(response), self._warn)
+        return self._answered(planned, attempts, started, response, graded)
 
     async def awrap_model_call(
         self,
@@ -303,19 +296,25 @@ class TallyMiddleware(AgentMiddleware):
     ) -> ModelResponse | AIMessage | ExtendedModelResponse:
         """``wrap_model_call`` for async agents."""
         planned, chosen = self._safe_plan(request)
-        attempts = _Attempts()
-        token = _attempts.set(attempts)
-        started = time.perf_counter()
-        try:
-            response = await handler(_with_model(request, chosen))
-        except BaseException as exc:
-            _attempts.reset(token)
-            self._record(planned, attempts, started, None, None, exc)
-            raise
-        _attempts.reset(token)
-        message = _ai_message(response)
-        graded = await aoutcome(self.scorer, request.messages, message, self._warn)
-        served = self._record(planned, attempts, started, message, graded, None)
+        with _observed() as attempts:
+            started = time.perf_counter()
+            try:
+                response = await handler(_with_model(request, chosen))
+            except BaseException as exc:
+                self._record(planned, attempts, started, None, None, exc)
+                raise
+        graded = await aoutcome(self.scorer, request.messages, _ai_message(response), self._warn)
+        return self._answered(planned, attempts, started, response, graded)
+
+    def _answered(
+        self,
+        planned: Planned,
+        attempts: _Attempts,
+        started: float,
+        response: ModelResponse,
+        graded: Mapping[str, Any],
+    ) -> ModelResponse:
+        served = self._record(planned, attempts, started, _ai_message(response), graded, None)
         return cast("ModelResponse", _stamp_response(response, planned, served))
 
     def _safe_plan(self, request: ModelRequest) -> tuple[Planned, BaseChatModel | None]:
@@ -402,6 +401,17 @@ class TallyMiddleware(AgentMiddleware):
             return planned.name
 
 
+@contextmanager
+def _observed() -> Iterator[_Attempts]:
+    """Every chat-model run started inside the block reports to the ``_Attempts`` yielded."""
+    attempts = _Attempts()
+    token = _attempts.set(attempts)
+    try:
+        yield attempts
+    finally:
+        _attempts.reset(token)
+
+
 def _system_message(request: ModelRequest) -> BaseMessage | None:
     message = getattr(request, "system_message", None)  # langchain >= 1.1
     if isinstance(message, BaseMessage):
@@ -414,14 +424,6 @@ def _with_model(request: ModelRequest, model: BaseChatModel | None) -> ModelRequ
     if model is None or model is request.model:
         return request
     return request.override(model=model)
-
-
-def _first_message(response: LLMResult) -> BaseMessage | None:
-    try:
-        gen = response.generations[0][0]
-    except IndexError:
-        return None
-    return gen.message if isinstance(gen, ChatGeneration) else None
 
 
 def _ai_message(response: Any) -> AIMessage | None:
