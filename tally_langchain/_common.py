@@ -12,6 +12,7 @@ import logging
 import re
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 from langchain_core.messages import BaseMessage
@@ -21,6 +22,7 @@ from tally_core import Tally
 
 __all__ = [
     "DEFAULT_TASK_TYPE",
+    "MIDDLEWARE_CALL",
     "TALLY_MODEL_KEY",
     "LogOnce",
     "Scorer",
@@ -40,6 +42,9 @@ DEFAULT_TASK_TYPE = "general"
 # ChatTally puts this key in its child run's metadata; TallyCallbackHandler
 # skips runs that carry it, because ChatTally has already recorded them.
 TALLY_MODEL_KEY = "tally_model"
+# Set while a TallyMiddleware model call runs (to the handler observing its
+# chat-model runs); TallyCallbackHandler skips those runs, already recorded.
+MIDDLEWARE_CALL: ContextVar[Any] = ContextVar("tally_langchain_attempts", default=None)
 
 Scorer = Callable[
     [Sequence[BaseMessage], BaseMessage],

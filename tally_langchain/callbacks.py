@@ -21,6 +21,7 @@ from tally_core import InvalidFieldError, Tally
 from tally_core.envelope import normalise_task_type
 from tally_langchain._common import (
     DEFAULT_TASK_TYPE,
+    MIDDLEWARE_CALL,
     TALLY_MODEL_KEY,
     LogOnce,
     Scorer,
@@ -166,6 +167,8 @@ class TallyCallbackHandler(BaseCallbackHandler):
             md = metadata or {}
             if TALLY_MODEL_KEY in md:
                 return  # a ChatTally child: ChatTally records it
+            if MIDDLEWARE_CALL.get() is not None:
+                return  # inside a TallyMiddleware model call, which records it
             params = kwargs.get("invocation_params")
             if isinstance(params, Mapping) and params.get("_type") == "tally":
                 return  # ChatTally's own run on the legacy generate() path

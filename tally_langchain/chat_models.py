@@ -108,6 +108,9 @@ class _RunStart(BaseCallbackHandler):
     run_inline = True
     raise_error = False
 
+    def __repr__(self) -> str:
+        return "TallyRunStart()"
+
     def on_chat_model_start(
         self,
         serialized: dict[str, Any],

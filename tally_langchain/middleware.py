@@ -19,7 +19,6 @@ import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from contextvars import ContextVar
 from typing import Any, cast
 from uuid import UUID
 
@@ -47,6 +46,7 @@ from langchain_core.tracers.context import register_configure_hook
 
 from tally_core import Tally
 from tally_langchain._common import (
+    MIDDLEWARE_CALL,
     LogOnce,
     Scorer,
     aoutcome,
@@ -74,7 +74,7 @@ EnvelopeSource = Callable[[Any, Any], Any]
 or None): the envelope of each model call from the agent's state and its
 runtime context (``runtime.context``)."""
 
-_attempts: ContextVar[_Attempts | None] = ContextVar("tally_langchain_attempts", default=None)
+_attempts = MIDDLEWARE_CALL
 # Once, at import: every chat-model run started while a TallyMiddleware call
 # is in progress (in this thread or task) reports to that call's _Attempts.
 register_configure_hook(_attempts, inheritable=True)

@@ -425,3 +425,13 @@ def test_chattally_as_an_agents_model_streams_tokens_and_records_each_call(tally
     assert len(text_chunks) == 3  # "answer", " from", " <model>": streamed word by word
     got = rows(tally)
     assert len(got) == 3 and all(r["success"] == 1 and r["tools_used"] == 2 for r in got)
+
+
+def test_auto_telemetry_does_not_count_the_middlewares_calls_twice(tally):
+    from tally_langchain import auto_telemetry
+
+    agent, _ = agent_over(tally, kids(), envelope={"task_type": "reasoning"})
+    with auto_telemetry(tally, task_type="reasoning"):
+        agent.invoke(ask())
+    got = rows(tally)
+    assert len(got) == 3 and all(r["decision_id"] for r in got)

@@ -613,3 +613,13 @@ def test_from_models_says_what_to_install_and_names_bad_input(tally):
         ChatTally.from_models(["gpt-4o-mini"], tally=tally)
     with pytest.raises(InvalidFieldError, match="models"):
         ChatTally.from_models("openai:gpt-4o", tally=tally)
+
+
+def test_per_call_envelope_never_leaks_into_a_later_call(tally):
+    chat = ChatTally(tally=tally, models=children(), envelope={"task_type": "summarisation"})
+    chat.invoke("x", {"metadata": {"tally": "code-debug"}})
+    list(chat.stream("y"))  # no per-call envelope: the default applies
+    chat.callbacks = None  # even without ChatTally's run-start handler
+    list(chat.stream("z"))
+    assert [r["task_type"] for r in rows(tally)] == ["code-debug", "summarisation",
+                                                      "summarisation"]
