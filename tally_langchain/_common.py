@@ -12,19 +12,24 @@ import logging
 import re
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 from langchain_core.messages import BaseMessage
+from langchain_core.outputs import ChatGeneration, LLMResult
 
 from tally_core import Tally
 
 __all__ = [
     "DEFAULT_TASK_TYPE",
+    "MIDDLEWARE_CALL",
     "TALLY_MODEL_KEY",
     "LogOnce",
     "Scorer",
     "error_name",
+    "first_message",
     "llm_output_tokens",
+    "result_tokens",
     "aoutcome",
     "outcome",
     "send_telemetry",
@@ -37,6 +42,9 @@ DEFAULT_TASK_TYPE = "general"
 # ChatTally puts this key in its child run's metadata; TallyCallbackHandler
 # skips runs that carry it, because ChatTally has already recorded them.
 TALLY_MODEL_KEY = "tally_model"
+# Set while a TallyMiddleware model call runs (to the handler observing its
+# chat-model runs); TallyCallbackHandler skips those runs, already recorded.
+MIDDLEWARE_CALL: ContextVar[Any] = ContextVar("tally_langchain_attempts", default=None)
 
 Scorer = Callable[
     [Sequence[BaseMessage], BaseMessage],
@@ -103,6 +111,25 @@ def llm_output_tokens(llm_output: Mapping[str, Any] | None) -> tuple[int | None,
     inp = usage.get("prompt_tokens", usage.get("input_tokens"))
     out = usage.get("completion_tokens", usage.get("output_tokens"))
     return _count(inp), _count(out)
+
+
+def result_tokens(
+    message: Any, llm_output: Mapping[str, Any] | None
+) -> tuple[int | None, int | None]:
+    """Tokens from the message's ``usage_metadata``, else from the legacy ``llm_output``."""
+    tokens = usage_tokens(message)
+    if tokens == (None, None):
+        tokens = llm_output_tokens(llm_output)
+    return tokens
+
+
+def first_message(response: LLMResult) -> BaseMessage | None:
+    """The message of a chat-model run's first generation, or None."""
+    try:
+        gen = response.generations[0][0]
+    except IndexError:
+        return None
+    return gen.message if isinstance(gen, ChatGeneration) else None
 
 
 def _count(value: Any) -> int | None:
