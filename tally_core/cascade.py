@@ -46,7 +46,7 @@ import math
 import random
 import re
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -321,15 +321,27 @@ class Cascade:
             self._rng = random.Random(self.seed if self.seed is not None else tally.seed)
         return self._rng.random()
 
-    def start(self, tally: Any, envelope: Mapping[str, Any]) -> CascadeRun:
-        """Plan one cascade for one request: the tiers to try, in order."""
-        return CascadeRun(self, tally, dict(envelope))
+    def start(
+        self, tally: Any, envelope: Mapping[str, Any], available: Collection[str] | None = None
+    ) -> CascadeRun:
+        """Plan one cascade for one request: the tiers to try, in order.
+
+        ``available``: the models the adapter can call (default tiers are
+        limited to them; the fallback stays last).
+        """
+        return CascadeRun(self, tally, dict(envelope), available)
 
 
 class CascadeRun:
     """One request's way through the tiers (the adapters drive it)."""
 
-    def __init__(self, cascade: Cascade, tally: Any, envelope: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        cascade: Cascade,
+        tally: Any,
+        envelope: dict[str, Any],
+        available: Collection[str] | None = None,
+    ) -> None:
         self.cascade = cascade
         self.tally = tally
         self.envelope = envelope
@@ -341,6 +353,8 @@ class CascadeRun:
             self.task_type, org=self.org,
             quality_floor=floor if isinstance(floor, (int, float)) else None)}
         names = list(cascade.tiers) if cascade.tiers is not None else _by_cost(tally, stats)
+        if available is not None and cascade.tiers is None:
+            names = [n for n in names[:-1] if n in available] + names[-1:]
         unknown = [n for n in names if n not in tally.catalog]
         if unknown:
             raise InvalidFieldError("tiers", f"not in the Tally's pool: {unknown}")

@@ -20,7 +20,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.messages.utils import count_tokens_approximately
 from pydantic import ValidationError
 
-from tally_core import Envelope, InvalidFieldError, RouteDecision, Tally
+from tally_core import Envelope, InvalidFieldError, NoCandidateError, RouteDecision, Tally
 from tally_langchain._common import DEFAULT_TASK_TYPE, LogOnce, error_name, send_telemetry
 
 __all__ = [
@@ -195,6 +195,17 @@ class Pool:
                     f"using {self.fallback!r}",
                 )
                 name = pin or self.fallback
+        except NoCandidateError as exc:
+            # Compliance beats failing open: no permitted model can take this call, and the
+            # fallback may be a forbidden one, so the caller gets the error naming the rule.
+            # Only a call pinned by the caller's own code (a fallback middleware) to a model
+            # its envelope excludes goes ahead on that pin, unless the org has rules.
+            org = env.get("org")
+            if pin is None or self.tally.org_policies.rules(org if isinstance(org, str)
+                                                            else "default") is not None:
+                raise
+            decision, name = None, pin
+            self.warn("route", f"tally_langchain: routing failed; using {name!r} (fail open)", exc)
         except Exception as exc:
             decision, name = None, self._fail_open_model(env, pin)
             self.warn("route", f"tally_langchain: routing failed; using {name!r} (fail open)", exc)

@@ -39,6 +39,7 @@ from langchain_core.tools import BaseTool
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from tally_core import Envelope, InvalidFieldError, RouteDecision, Tally
+from tally_core.cascade import Cascade, CascadeRun
 from tally_langchain._common import (
     TALLY_MODEL_KEY,
     LogOnce,
@@ -51,6 +52,7 @@ from tally_langchain._common import (
 from tally_langchain._routing import (
     Planned,
     Pool,
+    envelope_dict,
     failed,
     invalid_field,
     ms_since,
@@ -75,6 +77,7 @@ _decision_sink: ContextVar[list[RouteDecision] | None] = ContextVar(
 )
 # BaseChatModel.stream() calls _stream without the run manager, so the call's
 # config metadata (the per-call envelope) is caught as ChatTally's run starts.
+_UNSET: Any = object()  # no per-call envelope override
 _run_metadata: ContextVar[dict[str, Any] | None] = ContextVar(
     "tally_langchain_run_metadata", default=None
 )
@@ -175,6 +178,14 @@ class ChatTally(BaseChatModel):
         ``with_structured_output``, ``context_length`` from the messages.
     stop
         Default stop sequences for calls that give none.
+    cascade
+        A ``tally_core.cascade.Cascade``: each call tries a cheap child first
+        and escalates, inside the one chat-model call, while its answer fails
+        the cascade's checks (the last tier's answer is accepted). Every tier's
+        try is its own Tally decision, graded by the checks; the answer's
+        ``response_metadata["tally"]["cascade"]`` says which tier answered,
+        after how many tries, at what total cost. A cascade call answers in
+        one chunk when streamed (checks need the whole answer).
 
     Sampling parameters (temperature, max tokens, timeouts, retries) belong
     on the child models. The chosen child answers inside ChatTally's own run
@@ -211,6 +222,7 @@ class ChatTally(BaseChatModel):
     scorer: Scorer | None = Field(default=None, exclude=True)
     infer_envelope: bool = True
     stop: list[str] | None = None
+    cascade: Cascade | None = Field(default=None, exclude=True)
 
     _pool: Pool = PrivateAttr()
     _warn: LogOnce = PrivateAttr(default_factory=LogOnce)
@@ -382,6 +394,7 @@ class ChatTally(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
         kwargs: Mapping[str, Any],
         stop: list[str] | None,
+        per_call: Any = _UNSET,
     ) -> _Call:
         # Read once, then cleared: a value left over from an earlier call
         # must never reach a later one.
@@ -389,6 +402,8 @@ class ChatTally(BaseChatModel):
         if caught is not None:
             _run_metadata.set(None)
         metadata = run_manager.metadata if run_manager is not None else caught
+        if per_call is not _UNSET:
+            metadata = {"tally": per_call}
         kw = dict(kwargs)
         pin = kw.pop("model", None)
         if pin is not None and pin not in self.models:
@@ -576,6 +591,8 @@ class ChatTally(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        if self.cascade is not None:
+            return self._cascade(messages, stop, run_manager, kwargs)
         call = self._route(messages, run_manager, kwargs, stop)
         if self._streams(run_manager, False, kwargs):
             return generate_from_stream(self._stream_call(call, run_manager))
@@ -598,6 +615,8 @@ class ChatTally(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        if self.cascade is not None:
+            return await self._acascade(messages, stop, run_manager, kwargs)
         call = self._route(messages, run_manager, kwargs, stop)
         if self._streams(run_manager, True, kwargs):
             return await agenerate_from_stream(self._astream_call(call, run_manager))
@@ -620,6 +639,9 @@ class ChatTally(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
+        if self.cascade is not None:
+            yield _one_chunk(self._cascade(messages, stop, run_manager, kwargs))
+            return
         call = self._route(messages, run_manager, kwargs, stop)
         # BaseChatModel reports these tokens itself on every path that calls _stream.
         yield from self._stream_call(call, None)
@@ -631,6 +653,9 @@ class ChatTally(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
+        if self.cascade is not None:
+            yield _one_chunk(await self._acascade(messages, stop, run_manager, kwargs))
+            return
         call = self._route(messages, run_manager, kwargs, stop)
         async for chunk in self._astream_call(call, None):
             yield chunk
@@ -671,6 +696,116 @@ class ChatTally(BaseChatModel):
         latency_ms = ms_since(started)
         graded = await aoutcome(self.scorer, call.messages, acc.message, self._warn)
         self._finish(call, latency_ms, graded, acc.tokens)
+
+
+    # -- cascades ----------------------------------------------------------------
+
+    def _cascade_start(
+        self,
+        messages: list[BaseMessage],
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
+    ) -> tuple[CascadeRun, dict[str, Any]]:
+        caught = _run_metadata.get()
+        if caught is not None:
+            _run_metadata.set(None)
+        metadata = run_manager.metadata if run_manager is not None else caught
+        per_call = envelope_dict((metadata or {}).get("tally"), "metadata.tally")
+        base = {**self._pool.default, **per_call}
+        assert self.cascade is not None
+        return self.cascade.start(self.tally, base, available=set(self.models)), per_call
+
+    def _cascade_tier(
+        self,
+        run: CascadeRun,
+        tier: int,
+        per_call: Mapping[str, Any],
+        messages: list[BaseMessage],
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
+        kwargs: Mapping[str, Any],
+        stop: list[str] | None,
+    ) -> _Call:
+        env = {**per_call, **run.envelope_for(tier)}
+        return self._route(messages, run_manager, kwargs, stop, per_call=env)
+
+    def _cascade_checked(
+        self, run: CascadeRun, tier: int, call: _Call, result: ChatResult, started: float
+    ) -> bool:
+        """Check one tier's answer; its grade is that call's telemetry. True: stop here."""
+        latency_ms = ms_since(started)
+        tokens = self._tokens(result)
+        message = result.generations[0].message if result.generations else None
+        spec = self.tally.catalog[call.planned.name]
+        cost = (spec.estimate_cost_usd(tokens[0] or 0, tokens[1] or 0)
+                if tokens != (None, None) else None)
+        attempt = run.record(
+            tier, {"messages": call.messages}, message, cost_usd=cost, latency_ms=latency_ms,
+            decision_id=call.planned.meta.get("decision_id"), model=call.planned.name,
+            grade=lambda q: self._finish(call, latency_ms, {"success": True, "quality": q},
+                                         tokens),
+        )
+        return attempt.passed
+
+    def _cascade_answer(self, run: CascadeRun, call: _Call, result: ChatResult) -> ChatResult:
+        answered = self._answered(call, result)
+        done = run.result(answered)
+        message = answered.generations[0].message
+        meta = dict(message.response_metadata.get("tally") or {})
+        meta["cascade"] = {
+            "cascade_id": done.cascade_id, "tier": done.tier, "tries": len(done.attempts),
+            "cost_usd": done.cost_usd,
+            "attempts": [{"model": a.model, "passed": a.passed, "quality": a.quality,
+                          "cost_usd": a.cost_usd} for a in done.attempts],
+        }
+        message.response_metadata["tally"] = meta
+        return answered
+
+    def _cascade(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: CallbackManagerForLLMRun | None,
+        kwargs: Mapping[str, Any],
+    ) -> ChatResult:
+        run, per_call = self._cascade_start(messages, run_manager)
+        while (step := run.next_tier()) is not None:
+            tier = step[0]
+            call = self._cascade_tier(run, tier, per_call, messages, run_manager, kwargs, stop)
+            started = time.perf_counter()
+            try:
+                result = self._child_result(call, run_manager)
+            except Exception as exc:
+                self._finish(call, ms_since(started), failed(exc), (None, None))
+                run.failed(tier, latency_ms=ms_since(started), model=call.planned.name)
+                if run.next_tier() is None:
+                    raise
+                continue
+            if self._cascade_checked(run, tier, call, result, started):
+                return self._cascade_answer(run, call, result)
+        raise RuntimeError("the cascade ended without an answer")  # next_tier() ends on one
+
+    async def _acascade(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: AsyncCallbackManagerForLLMRun | None,
+        kwargs: Mapping[str, Any],
+    ) -> ChatResult:
+        run, per_call = self._cascade_start(messages, run_manager)
+        while (step := run.next_tier()) is not None:
+            tier = step[0]
+            call = self._cascade_tier(run, tier, per_call, messages, run_manager, kwargs, stop)
+            started = time.perf_counter()
+            try:
+                result = await self._achild_result(call, run_manager)
+            except Exception as exc:
+                self._finish(call, ms_since(started), failed(exc), (None, None))
+                run.failed(tier, latency_ms=ms_since(started), model=call.planned.name)
+                if run.next_tier() is None:
+                    raise
+                continue
+            if self._cascade_checked(run, tier, call, result, started):
+                return self._cascade_answer(run, call, result)
+        raise RuntimeError("the cascade ended without an answer")
 
 
 class _Accumulator:
