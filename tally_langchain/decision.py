@@ -18,7 +18,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 try:
-    from langchain_core.decisions import (
+    # Only in newer langchain-core releases; the oldest we support has none (type-checked
+    # there too, hence the ignores that are unused where the module exists).
+    from langchain_core.decisions import (  # type: ignore[import-not-found,unused-ignore]
         BaseDecisionModel,
         Choice,
         ChoiceAnswer,
@@ -48,13 +50,13 @@ _MISSING = (
 
 if _HAVE_DECISIONS:
 
-    class TallyChoiceAnswer(ChoiceAnswer):
+    class TallyChoiceAnswer(ChoiceAnswer):  # type: ignore[misc,unused-ignore]
         """A ``ChoiceAnswer`` that remembers the Tally decision behind it."""
 
         decision_id: str | None = None
         """Join the run's outcome to it: ``tally.telemetry(decision_id, ...)``."""
 
-    class TallyDecisionModel(BaseDecisionModel):
+    class TallyDecisionModel(BaseDecisionModel):  # type: ignore[misc,unused-ignore]
         """Answers ``Choice`` questions (a model to route to) with a Tally decision.
 
         Parameters

@@ -30,10 +30,12 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "pip install 'tally-router[langchain]'"
     ) from exc
 try:  # langchain >= 1.1: a response that carries a Command too
-    from langchain.agents.middleware.types import ExtendedModelResponse
+    from langchain.agents.middleware.types import (  # type: ignore[attr-defined,unused-ignore]
+        ExtendedModelResponse,
+    )
 except ImportError:  # pragma: no cover - langchain 1.0
 
-    class ExtendedModelResponse:  # type: ignore[no-redef]
+    class ExtendedModelResponse:  # type: ignore[no-redef,unused-ignore]
         """Stands in for the class older langchain releases do not have."""
 
         model_response: Any
