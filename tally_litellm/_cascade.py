@@ -11,7 +11,7 @@ in the ledger, tagged ``cascade`` and ``cascade:<id>``.
 >>> from tally_litellm import TallyStrategy
 >>> from tally_core.cascade import NonEmpty
 >>> router = litellm.Router(model_list=[
-...     {"model_name": "auto", "litellm_params": {"model": "gpt-4o-mini", "mock_response": ""}},
+...     {"model_name": "auto", "litellm_params": {"model": "gpt-4o-mini", "mock_response": " "}},
 ...     {"model_name": "auto", "litellm_params": {"model": "gpt-4o", "mock_response": "Paris"}}])
 >>> strategy = TallyStrategy.from_router(router, fallback="gpt-4o", store=":memory:", seed=0)
 >>> r = cascade(router, checks=[NonEmpty()], model="auto",

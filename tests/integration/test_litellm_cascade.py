@@ -57,7 +57,7 @@ def test_each_check_escalates_a_bad_answer_to_the_next_tier(tally, check, bad):
 
 
 def test_every_attempt_is_in_the_ledger_marked_and_costed(tally):
-    router = router_with(mini="", haiku="", top=GOOD)
+    router = router_with(mini=" ", haiku=" ", top=GOOD)  # blank answers (not an empty mock)
     strategy = TallyStrategy(tally).install(router)
     try:
         r = cascade(router, checks=[NonEmpty()], model="auto", messages=MSGS,
