@@ -345,8 +345,11 @@ class RoutingState:
     ) -> Choice | None:
         """What Tally picks among ``group``, or None when no deployment serves a pool model.
 
-        Never raises: when Tally (or the envelope) fails, the choice is the
-        fallback model's deployments (``routed_by="fail-open"``), or none.
+        When Tally (or the envelope) fails, the choice is the fallback
+        model's deployments (``routed_by="fail-open"``), or none. The one error
+        it lets through is ``NoCandidateError``: no model the call (or its
+        org's compliance rules) permits can serve it, and failing open to the
+        fallback could send it to a forbidden provider.
         """
         env: dict[str, Any] | None = None
         try:
