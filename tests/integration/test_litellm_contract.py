@@ -146,7 +146,7 @@ def test_proxy_decision_headers_and_flush_in_both_configs(monkeypatch, config, s
         router = proxy_router()
         litellm.callbacks.append(handler)  # as litellm_settings.callbacks puts it
     else:
-        router = proxy_router(plugins=[handler.plugin])  # as router_settings.plugins does
+        router = proxy_router(plugins=[handler.as_plugin()])  # as router_settings.plugins does
     as_proxy(monkeypatch, router)
 
     async def go() -> list[dict[str, str] | None]:
