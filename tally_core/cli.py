@@ -1042,6 +1042,53 @@ def pricing(
     )
 
 
+# -- dashboard (tally_core.dashboard; the `dashboard` extra) ---------------------
+
+
+@app.command()
+def dashboard(
+    store: str | None = typer.Option(None, help=_STORE_HELP),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (loopback unless --allow-remote)."),
+    port: int = typer.Option(8765, min=1, max=65535, help="Port to listen on."),
+    org: str | None = typer.Option(
+        None, help="Serve this org only (default: every org, one at a time)."
+    ),
+    allow_remote: bool = typer.Option(
+        False,
+        "--allow-remote",
+        help="Allow a non-loopback --host (no login: anyone who reaches it reads the call log).",
+    ),
+    fallback: str | None = typer.Option(
+        None, help="The premium model savings compare with (default: the holdout calls' model)."
+    ),
+) -> None:
+    """A local, read-only web dashboard over the store: overview, task types, calls, savings.
+
+    Also a JSON API (/api/report, /api/savings, /api/calls, /api/stats/TASK).
+    Needs the dashboard extra: pip install 'tally-router[dashboard]'.
+
+    Examples: tally dashboard | tally dashboard --store ./tally-store --port 9000
+    """
+    from tally_core import dashboard as dash
+
+    where, _ = _store_path(store)
+    try:
+        dash.check_host(host, allow_remote=allow_remote)
+        dash.require_extra()
+    except TallyError as exc:
+        raise _bad_input(exc) from None
+    except ImportError as exc:
+        raise _fail(str(exc)) from None
+    if not (where / _LEDGER).is_file():
+        raise _fail(f"no Tally store at {where} (no {_LEDGER}); pass --store DIR or set TALLY_HOME")
+    try:
+        dash.serve(
+            where, host=host, port=port, org=org, allow_remote=allow_remote, fallback=fallback
+        )
+    except TallyError as exc:
+        raise _fail(str(exc)) from None
+
+
 @app.command(
     context_settings={
         "allow_extra_args": True,
