@@ -528,6 +528,7 @@ def figure_savings(sv: reports.Savings) -> dict[str, Any]:
         "layout": _layout(
             "Quality: routed minus holdout, with its interval",
             xaxis={"zeroline": True, "zerolinecolor": "#999"},
+            yaxis={"automargin": True},
             shapes=[
                 {
                     "type": "line",
