@@ -64,9 +64,8 @@ def base_url(store: tuple[Path, dict[str, Any]]) -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(data, refresh_s=1.0), host="127.0.0.1", port=port, log_level="warning")
-    )
+    app = create_app(data, refresh_s=1.0)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -107,10 +106,8 @@ def page(browser: Any) -> Iterator[Any]:
     pg = ctx.new_page()
     # Offline proof: any request that leaves the dashboard's own server fails the test.
     outside: list[str] = []
-    pg.on(
-        "request",
-        lambda r: None if r.url.startswith(("http://127.0.0.1", "data:")) else outside.append(r.url),
-    )
+    local = ("http://127.0.0.1", "data:")
+    pg.on("request", lambda r: None if r.url.startswith(local) else outside.append(r.url))
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
     yield pg
