@@ -592,18 +592,23 @@ def report(
     task_type: str | None = typer.Option(None, help="Only this task type."),
     model: str | None = typer.Option(None, help="Only this model."),
     by: str = typer.Option("auto", help="Time buckets: auto, day, hour or minute."),
-    format: str = typer.Option("table", "--format", "-f", help="table, json or csv."),
+    format: str = typer.Option(
+        "table", "--format", "-f", help="table, json, csv or html (one self-contained file)."
+    ),
 ) -> None:
     """Cost, calls, tokens, latency, errors and quality by model, org, task type and time.
 
     Also the model mix and the quality of each (task type, model) over time.
+    --format html writes one self-contained page (inline charts, no script) to mail.
 
     Examples: tally report | tally report --since 2025-06-01 --by day |
-    tally report --org acme --task-type code-debug --format json > report.json
+    tally report --org acme --task-type code-debug --format json > report.json |
+    tally report --org acme --format html > report.html
     """
     from tally_core import reports
 
-    fmt = _choice(format, ("table", "json", "csv"))
+    fmt = _choice(format, ("table", "json", "csv", "html"))
+    sv = None
     by_ = _choice(by, reports.TIME_BUCKETS, "--by")
     ledger = _open_ledger(store)
     try:
@@ -616,11 +621,17 @@ def report(
             model=model,
             by=by_,  # type: ignore[arg-type]
         )
+        if fmt == "html" and model is None:  # savings compare every model of the slice
+            sv = reports.savings(ledger, since=since, until=until, org=org, task_type=task_type)
     except TallyError as exc:
         raise _bad_input(exc) from None
     finally:
         ledger.close()
-    if fmt == "json":
+    if fmt == "html":
+        from tally_core.report_html import render_html
+
+        sys.stdout.write(render_html(rep, sv, where=str(_store_path(store)[0])))
+    elif fmt == "json":
         _print_json(rep.to_dict())
     elif fmt == "csv":
         sys.stdout.write(_report_csv(rep))

@@ -35,9 +35,10 @@ from tally_core.dashboard.data import (
     figure_savings,
 )
 from tally_core.errors import InvalidFieldError, TallyError
+from tally_core.report_html import num, pct, usd, when
 from tally_core.reports import TIME_BUCKETS
 
-__all__ = ["RANGES", "create_app"]
+__all__ = ["RANGES", "create_app", "pct", "usd"]
 
 _HERE = Path(__file__).parent
 #: The time-range picker: label -> seconds back from now (None: everything).
@@ -56,34 +57,6 @@ def _plotly_js() -> bytes:
 
     js: str = get_plotlyjs()
     return js.encode("utf-8")
-
-
-def usd(x: float | None) -> str:
-    """Dollars as the pages show them: six decimals under a dollar.
-
-    >>> usd(0.00847), usd(1234.5), usd(None)
-    ('$0.008470', '$1,234.50', '-')
-    """
-    if x is None:
-        return "-"
-    return f"${x:.6f}" if abs(x) < 1 else f"${x:,.2f}"
-
-
-def pct(x: float | None) -> str:
-    """>>> pct(0.4321)
-    '43.2%'
-    """
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
-def num(x: float | None, fmt: str = ".3f") -> str:
-    return "-" if x is None else format(x, fmt)
-
-
-def when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
 
 
 @dataclass(frozen=True)
