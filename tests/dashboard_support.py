@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import random
 import time as _time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tally_core import Tally
+from tally_core import Ledger, Tally
 
 START = datetime(2025, 6, 2, tzinfo=timezone.utc).timestamp()  # a Monday, 00:00 UTC
 DAYS = 5
@@ -77,3 +78,22 @@ def _fill(where: Path, clock: _Clock, seed: int) -> dict[str, Any]:
                 latency_ms=rng.uniform(200, 900),
             )
     return sent
+
+
+# Fixtures for the modules that import them (each module builds its own store
+# once): `store` and `ledger`.
+
+
+@pytest.fixture(scope="module", name="store")
+def store_fixture(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """The store directory and what was sent to it, per org."""
+    where = tmp_path_factory.mktemp("dash") / "store"
+    return where, build_store(where)
+
+
+@pytest.fixture(scope="module", name="ledger")
+def ledger_fixture(store: tuple[Path, dict[str, Any]]) -> Iterator[Ledger]:
+    """The store's ledger, read-only."""
+    led = Ledger(store[0] / "ledger.sqlite3", readonly=True)
+    yield led
+    led.close()

@@ -26,7 +26,7 @@ playwright_api = pytest.importorskip("playwright.sync_api", reason="needs playwr
 from tally_core import Ledger, reports  # noqa: E402
 from tally_core.dashboard.app import create_app, pct, usd  # noqa: E402
 from tally_core.dashboard.data import DashboardData  # noqa: E402
-from tests.dashboard_support import build_store  # noqa: E402
+from tests.dashboard_support import ledger_fixture, store_fixture  # noqa: E402, F401
 
 pytestmark = pytest.mark.browser
 
@@ -41,19 +41,6 @@ ARGS = [
     "--no-first-run",
 ]
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    where = tmp_path_factory.mktemp("dash-browser") / "store"
-    return where, build_store(where)
-
-
-@pytest.fixture(scope="module")
-def ledger(store: tuple[Path, dict[str, Any]]) -> Iterator[Ledger]:
-    led = Ledger(store[0] / "ledger.sqlite3", readonly=True)
-    yield led
-    led.close()
 
 
 @pytest.fixture(scope="module")

@@ -23,21 +23,7 @@ from tally_core.cli import app as cli_app  # noqa: E402
 from tally_core.dashboard import check_host, server  # noqa: E402
 from tally_core.dashboard.app import create_app  # noqa: E402
 from tally_core.dashboard.data import DashboardData, as_json  # noqa: E402
-from tests.dashboard_support import ERROR_EVERY, MODELS, START, build_store  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    where = tmp_path_factory.mktemp("dash") / "store"
-    sent = build_store(where)
-    return where, sent
-
-
-@pytest.fixture(scope="module")
-def ledger(store: tuple[Path, dict[str, Any]]) -> Iterator[Ledger]:
-    led = Ledger(store[0] / "ledger.sqlite3", readonly=True)
-    yield led
-    led.close()
+from tests.dashboard_support import ERROR_EVERY, MODELS, START, ledger_fixture, store_fixture  # noqa: E402, F401
 
 
 @pytest.fixture(scope="module")

@@ -5,25 +5,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from tally_core import Ledger, reports
 from tally_core.cli import app
 from tally_core.report_html import render_html, usd
+from tests.unit import test_cli_reports
 from tests.unit.test_reports import KNOWN
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Path:
-    where = tmp_path / "store"
-    led = Ledger(where / "ledger.sqlite3")
-    led.append(KNOWN)
-    led.sync_prices([("gpt-4o", 2.5, 10.0, "litellm-map:x"), ("gpt-4o-mini", 0.15, 0.6, "user")])
-    led.close()
-    return where
+store = test_cli_reports.store  # the store of known calls the report commands are tested on
 
 
 def _html(store: Path, *args: str) -> str:
