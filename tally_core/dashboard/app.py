@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -96,7 +97,7 @@ def create_app(data: DashboardData, *, org: str | None = None, refresh_s: float 
             since = time.time() - back
         until = q.get("until") or None
         keep = {"org": wanted, "range": rng, "since": q.get("since"), "until": until}
-        query = "&".join(f"{k}={v}" for k, v in keep.items() if v)
+        query = urlencode({k: v for k, v in keep.items() if v})
         return _Scope(wanted, since, until, rng, query)
 
     def page(name: str, request: Request, sc: _Scope, **ctx: Any) -> HTMLResponse:
