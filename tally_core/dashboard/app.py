@@ -173,15 +173,15 @@ def create_app(data: DashboardData, *, org: str | None = None, refresh_s: float 
         sc = scope(request)
         f = call_filter(request, sc)
         result = data.calls(f)
-        rep = data.report(org=sc.org)  # the filter menus: every task type and model of the org
+        menus = data.menus(sc.org)
         return page(
             "calls.html",
             request,
             sc,
             f=f,
             result=result,
-            task_types=[t.key for t in rep.by_task_type],
-            models=[m.key for m in rep.by_model],
+            task_types=menus.task_types,
+            models=menus.models,
             figures={},
         )
 

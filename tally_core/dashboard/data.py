@@ -45,6 +45,7 @@ __all__ = [
     "CallFilter",
     "CallPage",
     "DashboardData",
+    "Menus",
     "ReadOnlyStore",
     "as_json",
     "figure_cost",
@@ -107,6 +108,14 @@ class CallFilter:
             raise InvalidFieldError("page", "must be 1 or more")
 
 
+@dataclass(frozen=True)
+class Menus:
+    """What the call log's filter menus offer for one org."""
+
+    task_types: list[str]
+    models: list[str]
+
+
 @dataclass
 class CallPage:
     """One page of the call log, newest first, and how many calls match."""
@@ -152,6 +161,7 @@ class DashboardData:
         self._tally: Tally | None = None
         self._tally_pool: tuple[str, ...] = ()
         self._orgs: tuple[tuple[int, float | None], list[str]] | None = None
+        self._menus: dict[str | None, tuple[tuple[int, float | None], Menus]] = {}
 
     @classmethod
     def open(cls, store: str | Path, *, fallback: str | None = None) -> DashboardData:
@@ -195,6 +205,21 @@ class DashboardData:
         with self._lock:
             self._orgs = ((n, hi), found)
         return found
+
+    def menus(self, org: str | None) -> Menus:
+        """The org's task types and models, for the call log's filters (cached
+        until the org's ledger changes)."""
+        n, _, hi = self.ledger.span(org=org)
+        with self._lock:
+            hit = self._menus.get(org)
+            if hit is not None and hit[0] == (n, hi):
+                return hit[1]
+        models = sorted(self.ledger.model_summary(org=org))
+        tasks = sorted({t for (t,) in self.ledger.select(("task_type",), org=org)})
+        menus = Menus(tasks, models)
+        with self._lock:
+            self._menus[org] = ((n, hi), menus)
+        return menus
 
     def default_org(self) -> str | None:
         """``default`` if the ledger has it, else the first org."""
