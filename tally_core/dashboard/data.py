@@ -23,6 +23,7 @@ this module only slices them (one org at a time) and shapes the charts.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from collections import deque
@@ -118,13 +119,15 @@ class Menus:
 
 @dataclass
 class CallPage:
-    """One page of the call log, newest first, and how many calls match."""
+    """One page of the call log, newest first, how many calls match, and how
+    often each slug was given on the matching calls (most frequent first)."""
 
     total: int
     page: int
     per_page: int
     pages: int
     rows: list[dict[str, Any]] = field(default_factory=list)
+    slugs: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -248,12 +251,15 @@ class DashboardData:
         if f.decision_id:
             row = self.ledger.get(f.decision_id)
             rows = [row] if row is not None and (f.org is None or row["org"] == f.org) else []
-            return CallPage(len(rows), 1, f.per_page, 1, rows)
+            slugs = {s: 1 for r in rows for s in (r["slugs"] or [])}
+            return CallPage(len(rows), 1, f.per_page, 1, rows, slugs)
         sel = _slice(f)
         keep = f.page * f.per_page
         tail: deque[tuple[Any, ...]] = deque(maxlen=keep)
         phase_at, error_at = _NAMES.index("phase"), _NAMES.index("error")
+        slugs_at = _NAMES.index("slugs")
         total = 0
+        seen: dict[str, int] = {}  # raw slug lists (JSON text) -> calls: few distinct ones
         for raw in self.ledger.select(_NAMES, **sel):
             if f.phase is not None and raw[phase_at] != f.phase:
                 continue
@@ -261,9 +267,17 @@ class DashboardData:
                 continue
             total += 1
             tail.append(raw)
+            if raw[slugs_at]:
+                seen[raw[slugs_at]] = seen.get(raw[slugs_at], 0) + 1
+        counts: dict[str, int] = {}
+        for text, k in seen.items():
+            for slug in json.loads(text):
+                counts[slug] = counts.get(slug, 0) + k
+        slugs = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
         newest = list(reversed(tail))[(f.page - 1) * f.per_page :]
         pages = max(1, math.ceil(total / f.per_page))
-        return CallPage(total, f.page, f.per_page, pages, [_decode(r) for r in newest])
+        rows = [_decode(r) for r in newest]
+        return CallPage(total, f.page, f.per_page, pages, rows, slugs)
 
     # -- learned state -------------------------------------------------------
 
@@ -378,8 +392,6 @@ def _slice(f: CallFilter) -> dict[str, Any]:
 
 
 def _decode(raw: Sequence[Any]) -> dict[str, Any]:
-    import json
-
     row = dict(zip(_NAMES, raw, strict=True))
     for col in ("tags", "slugs"):
         if row[col] is not None:

@@ -167,6 +167,9 @@ def test_filters_change_the_call_list(
     page.goto(f"{base_url}/calls?org=acme")
     assert _text(page, "#calls-total") == "1200"
     assert page.locator("#calls tr.call").count() == 50
+    api = page.request.get(f"{base_url}/api/calls?org=acme&per_page=1").json()
+    shown = page.locator('#calls-slugs .slug[data-slug="incomplete"]').inner_text()
+    assert shown == f"incomplete ×{api['slugs']['incomplete']}"
     first = page.locator("#calls tr.call").first.get_attribute("id")
     page.click("#next")
     assert _text(page, "#calls-page") == "2"

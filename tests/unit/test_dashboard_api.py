@@ -88,9 +88,15 @@ def test_calls_api_filters_and_pages(
     assert [r["event_id"] for r in p1["rows"] + p2["rows"]] == [
         r["event_id"] for r in everything["rows"][:40]
     ]
+    slugs: dict[str, int] = {}
+    for r in ledger.rows(org="acme"):
+        for sl in r["slugs"] or []:
+            slugs[sl] = slugs.get(sl, 0) + 1
+    assert everything["slugs"] == slugs and slugs["incomplete"] > 20
     errs = client.get("/api/calls", params={"org": "acme", "errors": "1", "per_page": 500}).json()
     assert errs["total"] == store[1]["acme"]["errors"] == 1200 // ERROR_EVERY
     assert all(r["error"] == "RateLimitError" for r in errs["rows"])
+    assert errs["slugs"] == {}  # failed calls carry no quality slugs
     mini = client.get(
         "/api/calls", params={"org": "acme", "model": "gpt-4o-mini", "phase": "exploit"}
     ).json()
