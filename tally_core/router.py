@@ -194,6 +194,9 @@ class Tally:
         fallback, holdout and shadows included; a call they leave nothing for
         raises ``NoCandidateError`` naming the org and the rule
         (``tally_core.compliance``).
+    otel
+        ``True`` or a ``tally_core.otel.OTelExporter``: an OpenTelemetry
+        GenAI span per recorded call (the ``otel`` extra). Off by default.
 
     The ``confidence`` of a decision is the posterior probability that the
     chosen model's quality for this task type and context is at or above the
@@ -231,6 +234,7 @@ class Tally:
         max_queue: int = 100_000,
         refresh_interval_s: float = 1.0,
         org_policies: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
+        otel: Any = False,
     ) -> None:
         self.catalog = Catalog(
             models,
@@ -246,6 +250,12 @@ class Tally:
         if fallback not in self.catalog:
             self.catalog.add(fallback)
         self.fallback = fallback
+        # OpenTelemetry export (tally_core.otel): nothing is imported when off.
+        self._otel = None
+        if otel:
+            from tally_core.otel import exporter_for
+
+            self._otel = exporter_for(otel, self.catalog, fallback)
         self.policy = (
             policy if policy is not None else FloorBandit(confidence=confidence, explore=explore)
         )
@@ -588,6 +598,8 @@ class Tally:
             **d,
         }
         event["local"] = d["phase"] is not None and d["decision_id"] in self._recent
+        if self._otel is not None:
+            self._otel.capture(event["event_id"])
         self._queue.put(event)
         return str(event["event_id"])
 
@@ -834,6 +846,8 @@ class Tally:
                         self._reported.add(d.decision_id)
                         self._unpend(d)
             self._age_out()
+        if self._otel is not None:  # the OTel hook: once the batch is applied
+            self._otel.export(rows)
 
     def _unpend(self, d: RouteDecision) -> None:
         pending = self._pending.get((d.org, d.task_type))
