@@ -10,7 +10,7 @@ from __future__ import annotations
 import reprlib
 from typing import Any
 
-__all__ = ["brief"]
+__all__ = ["brief", "cut"]
 
 _REPR = reprlib.Repr()
 _REPR.maxlevel = 3
@@ -39,3 +39,12 @@ def brief(value: Any, limit: int = 120) -> str:
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     return text
+
+
+def cut(text: str, limit: int = 300) -> str:
+    """``text`` cut to ``limit`` characters (a message, not a value: no quotes).
+
+    >>> cut("abcdef", 5)
+    'ab...'
+    """
+    return text if len(text) <= limit else text[: limit - 3] + "..."

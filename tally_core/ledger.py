@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from tally_core._brief import brief
+from tally_core._brief import cut
 from tally_core.errors import StoreError
 
 __all__ = ["COLUMNS", "Ledger", "PriceRecord"]
@@ -196,7 +196,7 @@ class Ledger:
                 values.append(_encode_row(r))
                 at.append(i)
             except (TypeError, ValueError) as exc:
-                rejected.append((i, f"{type(exc).__name__}: {brief(str(exc))}"))
+                rejected.append((i, f"{type(exc).__name__}: {cut(str(exc))}"))
         with self._lock:
             self._check_pid()
             try:
@@ -208,12 +208,13 @@ class Ledger:
                     # One row SQLite cannot hold: redo them one by one in the
                     # same transaction, leaving out only the bad ones.
                     self._db.execute("ROLLBACK")
+                    before = self._db.total_changes
                     self._db.execute("BEGIN")
                     for i, v in zip(at, values, strict=True):
                         try:
                             self._db.execute(sql, v)
                         except _ROW_ERRORS as exc:
-                            rejected.append((i, f"{type(exc).__name__}: {brief(str(exc))}"))
+                            rejected.append((i, f"{type(exc).__name__}: {cut(str(exc))}"))
                 self._db.execute("COMMIT")
                 return self._db.total_changes - before, sorted(rejected)
             except BaseException as exc:
@@ -234,7 +235,7 @@ class Ledger:
                 self._db.execute("BEGIN")
                 self._db.executemany(
                     "INSERT INTO rejected VALUES (?, ?, ?, ?, ?)",
-                    [(ts, e, d, f[:64], brief(r, 300)) for ts, e, d, f, r in rows],
+                    [(ts, e, d, f[:64], cut(r, 300)) for ts, e, d, f, r in rows],
                 )
                 self._db.execute("COMMIT")
             except BaseException as exc:

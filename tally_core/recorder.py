@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tally_core._brief import brief
+from tally_core._brief import cut
 from tally_core._state import TASK_CELL, LearnParams, Update
 from tally_core.catalog import Catalog, ModelSpec
 from tally_core.errors import InvalidFieldError, StoreError
@@ -196,7 +196,7 @@ class Recorder:
                 log.warning(
                     "tally telemetry rejected an event (%s); later ones like it are only "
                     "counted (telemetry_counts['rejected']) and listed by ledger.rejected()",
-                    brief(reason, 200),
+                    cut(reason, 200),
                 )
         try:
             self.ledger.record_rejected(rows)

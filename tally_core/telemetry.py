@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from tally_core._brief import brief
+from tally_core._brief import cut
 from tally_core.errors import InvalidFieldError
 from tally_core.events import CallEvent, FeedbackEvent, from_record, new_id, to_record
 
@@ -96,12 +96,13 @@ def _encode(event: Any) -> dict[str, Any]:
 
 
 class _Batch:
-    __slots__ = ("batch_id", "events", "path")
+    __slots__ = ("batch_id", "durable", "events", "path")
 
     def __init__(self, batch_id: str, events: list[Any], path: Path | None) -> None:
         self.batch_id = batch_id
         self.events = events
         self.path = path
+        self.durable = False
 
 
 class TelemetryQueue:
@@ -342,6 +343,7 @@ class TelemetryQueue:
         stopping at the first batch that fails (order is kept)."""
         with self._sync_lock:
             if not self._retry_failed():
+                self._spool_queue()
                 return
             while self._queue:
                 batch: list[Any] = []
@@ -353,8 +355,28 @@ class TelemetryQueue:
                 ok = self._deliver(_Batch(batch_id, batch, path))
                 self._inflight = 0
                 if not ok:
+                    self._spool_queue()
                     return
             self._drain_overflow()
+
+    def _spool_queue(self) -> None:
+        """During an outage, move what waits in memory to the spool, in
+        order, and spool new events from now on until the worker catches up:
+        a long outage then costs disk, not memory, and survives a crash."""
+        if self._spool is None or not self._queue:
+            return
+        with self._overflow_lock:
+            while self._queue:
+                events: list[Any] = []
+                while self._queue and len(events) < self.batch_size:
+                    events.append(self._queue.popleft())
+                path = self._spool_write(new_id(), events, durable=True)
+                if path is None:  # the disk is no help: keep them in memory
+                    self._queue.extendleft(reversed(events))
+                    return
+                self.counts["spooled"] += len(events)
+                self._overflow_files.append(path)
+            self._overflowing = True
 
     def _drain_overflow(self) -> None:
         while self._overflow_files:
@@ -381,19 +403,24 @@ class TelemetryQueue:
         try:
             result = self._exporter.record(batch.batch_id, batch.events)
         except Exception as exc:  # the store or ledger is down: keep, retry later
-            self.last_error = f"{type(exc).__name__}: {brief(str(exc), 300)}"
+            self.last_error = f"{type(exc).__name__}: {cut(str(exc), 300)}"
             if not self._outage_logged:
                 self._outage_logged = True
                 log.warning("tally telemetry batch failed, will retry: %s", self.last_error)
             else:
                 log.debug("tally telemetry batch failed again: %s", self.last_error)
-            self.counts["retried"] += 1
             if batch.path is None:
                 batch.path = self._spool_write(batch.batch_id, batch.events, durable=True)
-            elif self.fsync:
+                batch.durable = True
+            elif self.fsync and not batch.durable:
+                # The write-ahead copy is now the one that must outlive a
+                # crash of the machine: make it durable, once.
                 _fsync_file(batch.path)
+                _fsync_dir(batch.path.parent)
+                batch.durable = True
             if batch.path is not None:
                 self._hold(batch.path.name)
+            self.counts["retried"] += 1
             self._failed.appendleft(batch)
             self._retry_at = time.monotonic() + self._retry_delay
             self._retry_delay = min(self._retry_delay * 2, self.retry_max_s)
@@ -477,7 +504,7 @@ class TelemetryQueue:
                 events.append(from_record(json.loads(line)))
             except ValueError as exc:  # JSONDecodeError and InvalidFieldError are ValueErrors
                 what = str(exc) if isinstance(exc, InvalidFieldError) else f"not JSON: {exc}"
-                self._quarantine(path, f"line {n}: {brief(what, 200)}")
+                self._quarantine(path, f"line {n}: {cut(what, 200)}")
                 return None
             except RecursionError:
                 self._quarantine(path, f"line {n}: nested too deep")

@@ -60,7 +60,7 @@ def test_batches_are_spooled_and_replayed_after_a_crash(tmp_path) -> None:
         for _ in range(300):
             t.telemetry(d, quality=0.8, input_tokens=10, output_tokens=5)
         deadline = time.time() + 10
-        while t._queue.pending and time.time() < deadline:
+        while not t.telemetry_counts["retried"] and time.time() < deadline:
             time.sleep(0.01)
         spooled = len(list(os.scandir({str(store_dir / "spool")!r})))
         print(spooled, flush=True)
