@@ -728,33 +728,15 @@ class Tally:
         """Reload learned state from the store (what other processes learned)."""
         self._refresh(full=True)
 
-    def _refresh(self, keys: set[TaskKey] | None = None, full: bool = False) -> None:
-        """Rebuild the routing snapshot: every task state, or only ``keys``
-        (those the worker just changed), dropping only their cached plans."""
+    def _refresh(self, full: bool = True) -> None:
+        """Rebuild the routing snapshot from every task state in the store.
+        (After a batch of its own, the worker folds in the states the store
+        returned instead: see ``_on_recorded``.)"""
         with self._lock:
-            seen = self._seen_version
-            if full or keys is None:
-                version = self.store.version()
-                self._views = {k: self._views_of(v) for k, v in self.store.load().items()}
-                self._routes = {}
-                self._seen_version = version
-                return
-            states = self.store.load(keys)
             version = self.store.version()
-            views = dict(self._views)
-            for key in keys:
-                state = states.get(key)
-                if state is None:
-                    views.pop(key, None)
-                else:
-                    views[key] = self._views_of(state)
-            self._views = views
-            for key in keys:
-                self._routes.pop(key, None)
-            if version == seen + 1:
-                # Only our own write since the last look; anything else
-                # (another process) is left for the periodic full refresh.
-                self._seen_version = version
+            self._views = {k: self._views_of(v) for k, v in self.store.load().items()}
+            self._routes = {}
+            self._seen_version = version
 
     def _views_of(self, state: dict[str, Any]) -> dict[str, Any]:
         clock = state["clock"]
