@@ -37,6 +37,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from operator import attrgetter
 from typing import Any
 
 from tally_core._brief import brief
@@ -44,6 +45,7 @@ from tally_core.envelope import STRUCTURE_TYPES, parse_task_type
 from tally_core.errors import InvalidFieldError
 
 __all__ = [
+    "FIELDS",
     "MAX_TOKENS",
     "CallEvent",
     "Event",
@@ -57,6 +59,7 @@ __all__ = [
     "from_record",
     "new_id",
     "to_record",
+    "to_row",
 ]
 
 #: Largest token count one call may report (a billion: far above any context
@@ -381,6 +384,21 @@ def _ts(value: Any) -> float:
 
 _CALL_FIELDS = tuple(f.name for f in fields(CallEvent))
 _FEEDBACK_FIELDS = tuple(f.name for f in fields(FeedbackEvent))
+#: Field names per kind, in the order ``to_row`` writes them.
+FIELDS: dict[str, tuple[str, ...]] = {"call": _CALL_FIELDS, "feedback": _FEEDBACK_FIELDS}
+_GET = {"call": attrgetter(*_CALL_FIELDS), "feedback": attrgetter(*_FEEDBACK_FIELDS)}
+
+
+def to_row(event: Event) -> list[Any]:
+    """The event as ``[kind, *values]`` in ``FIELDS[kind]`` order: the
+    spool's compact form (a third of the cost of a keyed record to write).
+
+    >>> ev = feedback_event(decision_id="d1", org="o", task_type="qa", cell="*",
+    ...                     model="m", quality=1.0, event_id="e1", ts=1.0)
+    >>> from_record(dict(zip(FIELDS["feedback"], to_row(ev)[1:]), kind="feedback")) == ev
+    True
+    """
+    return [event.kind, *_GET[event.kind](event)]
 
 
 def to_record(event: Event) -> dict[str, Any]:

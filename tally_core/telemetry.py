@@ -38,7 +38,14 @@ from typing import Any, Protocol
 
 from tally_core._brief import cut
 from tally_core.errors import InvalidFieldError
-from tally_core.events import CallEvent, FeedbackEvent, from_record, new_id, to_record
+from tally_core.events import (
+    FIELDS,
+    CallEvent,
+    FeedbackEvent,
+    from_record,
+    new_id,
+    to_row,
+)
 
 __all__ = ["Exporter", "TelemetryQueue"]
 
@@ -89,10 +96,26 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _encode(event: Any) -> dict[str, Any]:
+# A spool file: a header naming each kind's fields, then one event a line,
+# as ``[kind, *values]`` (or a keyed record, for events that are plain dicts).
+_HEADER = json.dumps({"tally_spool": 2, "fields": FIELDS}, separators=(",", ":"))
+_JSON = json.JSONEncoder(separators=(",", ":"), check_circular=False)
+
+
+def _encode(event: Any) -> str:
     if isinstance(event, (CallEvent, FeedbackEvent)):
-        return to_record(event)
-    return dict(event)
+        return _JSON.encode(to_row(event))
+    return _JSON.encode(dict(event))
+
+
+def _decode(line: Any, names: dict[str, Any] | None) -> Any:
+    if isinstance(line, list):
+        kind = line[0] if line else None
+        fields = names.get(kind) if names is not None and isinstance(kind, str) else None
+        if not isinstance(fields, list) or len(fields) != len(line) - 1:
+            raise InvalidFieldError("event", "a row that matches no field list in the header")
+        return from_record({"kind": kind, **dict(zip(fields, line[1:], strict=True))})
+    return from_record(line)
 
 
 class _Batch:
@@ -468,8 +491,7 @@ class TelemetryQueue:
         tmp = self._spool / f"{name}.tmp"
         try:
             with open(tmp, "w", encoding="utf-8") as fh:
-                fh.write("".join(json.dumps(_encode(e), separators=(",", ":")) + "\n"
-                                 for e in events))
+                fh.write(_HEADER + "\n" + "\n".join(_encode(e) for e in events) + "\n")
                 if durable and self.fsync:
                     fh.flush()
                     os.fsync(fh.fileno())
@@ -497,11 +519,18 @@ class TelemetryQueue:
             self._quarantine(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})")
             return None
         events: list[Any] = []
+        names: dict[str, Any] | None = None
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                events.append(from_record(json.loads(line)))
+                value = json.loads(line)
+                if n == 1 and isinstance(value, dict) and "tally_spool" in value:
+                    names = value.get("fields")
+                    if not isinstance(names, dict):
+                        raise InvalidFieldError("fields", "the header names no fields")
+                    continue
+                events.append(_decode(value, names))
             except ValueError as exc:  # JSONDecodeError and InvalidFieldError are ValueErrors
                 what = str(exc) if isinstance(exc, InvalidFieldError) else f"not JSON: {exc}"
                 self._quarantine(path, f"line {n}: {cut(what, 200)}")
