@@ -151,6 +151,16 @@ class Tally:
         it at once on the caller's thread (simulations, tests).
     ledger
         A path, ``":memory:"``, a ``Ledger``, or None for the store's default.
+    max_queue
+        Telemetry events held in memory; beyond it they are spooled to disk
+        (replayed by the worker as soon as it catches up).
+    max_decisions
+        Recent decisions kept for ``feedback`` by id and for the in-flight
+        count: memory is bounded by this count whatever the call rate (older
+        ids are still found in the ledger once their telemetry is recorded).
+
+    What Tally promises under crashes, forks, outages, overflow, bad input
+    and other tenants is in ``docs/guarantees.md``.
 
     The ``confidence`` of a decision is the posterior probability that the
     chosen model's quality for this task type and context is at or above the
@@ -637,6 +647,15 @@ class Tally:
                 f"unknown decision id {brief(decision)}; pass the RouteDecision from route(), "
                 "or model= and task_type= for a call Tally did not route",
             )
+        if decision is not None:
+            # An id another process routed: it stays bound to its org.
+            row = self.ledger.get(decision)
+            if row is not None:
+                if org is not None and org != row["org"]:
+                    raise InvalidFieldError(
+                        "org", f"decision {decision} was made for another org, not {brief(org)}"
+                    )
+                org = row["org"]
         return {
             "decision_id": decision,
             "org": "default" if org is None else check_org(org),
@@ -931,7 +950,9 @@ class Tally:
 
     @property
     def telemetry_counts(self) -> dict[str, int]:
-        """Events enqueued, applied, retried, spooled, replayed, and drops by reason."""
+        """Events enqueued, applied, rejected (bad events, see
+        ``ledger.rejected()``), retried, spooled, replayed, quarantined (spool
+        files that could not be read), and drops by reason."""
         return {**self._queue.counts, **{f"dropped_{k}": v for k, v in self._queue.dropped.items()}}
 
     def _context_windows(self) -> list[int]:

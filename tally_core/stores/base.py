@@ -79,10 +79,19 @@ def update_clocks(updates: Sequence[Update], starts: Mapping[TaskKey, float]) ->
     return out
 
 
-def fold(state: dict[str, Any], group: list[Update], params: LearnParams) -> float:
-    """Apply ``group`` to ``state`` (the shared arithmetic); returns the clock before."""
-    start = float(state["clock"])
-    apply_updates(state, group, params)
+def fold(
+    state: dict[str, Any], group: list[Update], params: LearnParams, where: str = ""
+) -> float:
+    """Apply ``group`` to ``state`` (the shared arithmetic); returns the clock
+    before. A damaged state raises ``StoreError`` naming its key (checked
+    only when the arithmetic fails, so the hot path pays nothing for it)."""
+    try:
+        start = float(state["clock"])
+        apply_updates(state, group, params)
+    except Exception:
+        key = (group[0].org, group[0].task_type) if group else ("?", "?")
+        check_state(key, state, where)
+        raise
     return start
 
 

@@ -73,7 +73,7 @@ class DiskStore(StateStore):
                         if keys is None:
                             keys = set(self._cache.get(_KEYS, default=set()))
                         keys.add(key)
-                    starts[key] = fold(check_state(key, state, self.directory or ""), group, params)
+                    starts[key] = fold(state, group, params, self.directory or "")
                     self._cache.set(skey, state)
                     out[key] = state  # unpickled for this call: the caller may keep it
                 if keys is not None:

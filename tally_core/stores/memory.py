@@ -59,7 +59,7 @@ class MemoryStore(StateStore):
                 state = self._states.get(key)
                 if state is None:
                     state = self._states[key] = new_task_state()
-                starts[key] = fold(check_state(key, state, "memory"), group, params)
+                starts[key] = fold(state, group, params, "memory")
                 out[key] = copy_state(state)
             self._batches[batch_id] = starts
             if len(self._batches) > self._remember:

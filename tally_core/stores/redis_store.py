@@ -120,7 +120,7 @@ class RedisStore(StateStore):
                             state = self._decode(key, blob) if blob is not None else None
                             if state is None:
                                 state = new_task_state()
-                            starts[key] = fold(state, groups[key], params)
+                            starts[key] = fold(state, groups[key], params, self.url)
                             out[key] = state
                             pipe.set(skey, json.dumps(state, separators=(",", ":")))
                         if members:

@@ -305,6 +305,9 @@ def test_feedback_is_bound_to_the_org_that_made_the_decision(tmp_path) -> None:
         with pytest.raises(InvalidFieldError, match="another org"):
             t.feedback(d.decision_id, quality=0.0, org="team-b",
                        model="gpt-4o", task_type="qa")
+        with pytest.raises(InvalidFieldError, match="another org"):
+            t.telemetry(d.decision_id, quality=0.0, org="team-b",
+                        model="gpt-4o", task_type="qa")
         assert calls(t, org="team-b") == 0
         t.feedback(d.decision_id, quality=0.7)  # no org given: the decision's own
         assert t.flush(5)
