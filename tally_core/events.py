@@ -303,8 +303,15 @@ def call_event(
     local: bool = False,
     event_id: Any = None,
     ts: Any = None,
+    routed: bool = False,
 ) -> CallEvent:
-    """A validated ``CallEvent``, or ``InvalidFieldError`` naming the bad field."""
+    """A validated ``CallEvent``, or ``InvalidFieldError`` naming the bad field.
+
+    ``routed=True`` says the decision's fields (id, org, task type, cell,
+    model, phase, confidence, holdout, envelope) come from a ``RouteDecision``
+    this process made, already valid: only the caller's outcome fields are
+    checked then (the common case, on the caller's thread, kept cheap).
+    """
     q = check_number("quality", quality, 0.0, 1.0)
     ok = _bool("success", success)
     sl = _slugs(slugs)
@@ -313,21 +320,29 @@ def call_event(
     lat = check_number("latency_ms", latency_ms, 0.0, MAX_LATENCY_MS)
     cost = check_number("cost_usd", cost_usd, 0.0, MAX_COST_USD)
     err = _error(error)
-    did, o, tt, c, m = _common(decision_id, org, task_type, cell, model)
-    if phase is not None and phase not in _PHASES:
-        raise InvalidFieldError("phase", f"must be one of {sorted(_PHASES)}, got {brief(phase)}")
+    if not routed:
+        decision_id, org, task_type, cell, model = _common(
+            decision_id, org, task_type, cell, model
+        )
+        if phase is not None and phase not in _PHASES:
+            raise InvalidFieldError(
+                "phase", f"must be one of {sorted(_PHASES)}, got {brief(phase)}"
+            )
+        confidence = check_number("confidence", confidence, 0.0, 1.0)
+        holdout = bool(_bool("holdout", holdout, False))
+        envelope = _envelope(envelope)
     return CallEvent(
         event_id=new_id("e-") if event_id is None else check_decision_id(event_id, "event_id"),
         ts=time.time() if ts is None else _ts(ts),
-        decision_id=did,
-        org=o,
-        task_type=tt,
-        cell=c,
-        model=m,
+        decision_id=decision_id,
+        org=org,
+        task_type=task_type,
+        cell=cell,
+        model=model,
         phase=phase,
-        confidence=check_number("confidence", confidence, 0.0, 1.0),
-        holdout=bool(_bool("holdout", holdout, False)),
-        envelope=_envelope(envelope),
+        confidence=confidence,
+        holdout=holdout,
+        envelope=envelope,
         quality=q,
         success=ok,
         slugs=sl,
@@ -336,7 +351,7 @@ def call_event(
         latency_ms=lat,
         cost_usd=cost,
         error=err,
-        local=bool(_bool("local", local, False)),
+        local=local is True,
     )
 
 

@@ -558,7 +558,7 @@ class Tally:
             latency_ms=latency_ms,
             cost_usd=cost_usd,
             error=error,
-            local=d["phase"] is not None and d["decision_id"] in self._recent,
+            local=d["routed"],
         )
         self._queue.put(event)
         return event.event_id
@@ -631,6 +631,9 @@ class Tally:
                     "org", f"decision {d.decision_id} was made for another org, not {brief(org)}"
                 )
             return {
+                # Made by this process (not a RouteDecision built elsewhere):
+                # its fields are valid already.
+                "routed": self._recent.get(d.decision_id) is d,
                 "decision_id": d.decision_id,
                 "org": d.org,
                 "task_type": d.task_type,
@@ -657,6 +660,7 @@ class Tally:
                     )
                 org = row["org"]
         return {
+            "routed": False,
             "decision_id": decision,
             "org": "default" if org is None else check_org(org),
             "task_type": parse_task_type(task_type),

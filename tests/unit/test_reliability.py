@@ -342,6 +342,13 @@ def test_stored_text_fields_are_bounded_identifiers() -> None:
         with pytest.raises(InvalidFieldError) as err:
             t.feedback("d" * 500, quality=1.0)
         assert err.value.field == "decision"
+        # A RouteDecision built by hand is validated like any other input.
+        import dataclasses
+
+        forged = dataclasses.replace(t.route(task_type="qa"), model="a prompt " * 1000)
+        with pytest.raises(InvalidFieldError) as err:
+            t.telemetry(forged, quality=1.0)
+        assert err.value.field == "model" and len(str(err.value)) < 400
         t.telemetry("ext-123", model="openai/gpt-4o", task_type="qa", quality=1.0)
         row = t.ledger.get("ext-123")
     text_cols = [c for c in row if isinstance(row[c], str)]
