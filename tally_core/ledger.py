@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import json
 import logging
+import operator
 import os
 import sqlite3
 import threading
@@ -23,7 +24,7 @@ from typing import Any, NamedTuple
 from tally_core._brief import cut
 from tally_core.errors import StoreError
 
-__all__ = ["COLUMNS", "Ledger", "PriceRecord"]
+__all__ = ["COLUMNS", "ENVELOPE_COLUMNS", "Ledger", "PriceRecord"]
 
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("event_id", "TEXT PRIMARY KEY"),
@@ -57,6 +58,10 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("feedback_ts", "REAL"),
 )
 _NAMES = tuple(c for c, _ in COLUMNS)
+#: The envelope's columns, for rows of calls that had none.
+ENVELOPE_COLUMNS = (
+    "structure_type", "context_length", "tools_used", "time_sensitive", "quality_floor", "tags",
+)
 _MARKS = ", ".join("?" for _ in _NAMES)
 # Errors that belong to one row's values, not to the database.
 _ROW_ERRORS = (
@@ -522,10 +527,16 @@ class Ledger:
 _JSON_AT = tuple(i for i, c in enumerate(_NAMES) if c in _JSON_COLS)
 
 
+_ROW = operator.itemgetter(*_NAMES)
+
+
 def _encode_row(row: dict[str, Any]) -> list[Any]:
     """A row's values in column order (sqlite3 stores bools as 0/1 itself)."""
-    get = row.get
-    values: list[Any] = [get(c) for c in _NAMES]
+    try:
+        values = list(_ROW(row))  # a complete row (the recorder's): one C call
+    except KeyError:
+        get = row.get
+        values = [get(c) for c in _NAMES]
     for i in _JSON_AT:
         v = values[i]
         if v is not None:

@@ -16,7 +16,7 @@ retries, in order.
 
 >>> from tally_core.catalog import Catalog, ModelSpec
 >>> from tally_core.events import call_event
->>> from tally_core.ledger import Ledger
+>>> from tally_core.ledger import ENVELOPE_COLUMNS, Ledger
 >>> from tally_core.stores.memory import MemoryStore
 >>> spec = ModelSpec(name="m", input_cost_per_mtok=1.0, output_cost_per_mtok=2.0)
 >>> rec = Recorder(MemoryStore(), Ledger(":memory:"), Catalog([spec]))
@@ -42,12 +42,14 @@ from tally_core._state import TASK_CELL, LearnParams, Update
 from tally_core.catalog import Catalog, ModelSpec
 from tally_core.errors import InvalidFieldError, StoreError
 from tally_core.events import CallEvent, Event, FeedbackEvent, from_record
-from tally_core.ledger import Ledger
-from tally_core.stores.base import Committed, StateStore, TaskKey, update_clocks
+from tally_core.ledger import ENVELOPE_COLUMNS, Ledger
+from tally_core.stores.base import Committed, StateStore, update_clocks
 
 __all__ = ["Recorded", "Recorder"]
 
 log = logging.getLogger("tally.recorder")
+
+_NO_ENVELOPE: dict[str, Any] = dict.fromkeys(ENVELOPE_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -232,7 +234,7 @@ class Recorder:
             "org": ev.org,
             "task_type": ev.task_type,
             "cell": ev.cell,
-            **(ev.envelope or {}),
+            **(ev.envelope or _NO_ENVELOPE),
             "model": ev.model,
             "phase": ev.phase,
             "confidence": ev.confidence,
@@ -248,6 +250,8 @@ class Recorder:
             "slugs": ev.slugs,
             "error": ev.error,
             "quality_applied": q,
+            "clock": None,
+            "feedback_ts": None,
         }
         return u, row
 
@@ -309,5 +313,3 @@ def _get(raw: Any, name: str) -> Any:
         return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
     return v if isinstance(v, str) and len(v) <= 128 else None
 
-
-TaskKeyT = TaskKey  # re-exported for listeners' annotations

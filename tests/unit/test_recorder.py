@@ -41,6 +41,14 @@ def test_a_batch_becomes_updates_and_rows_with_the_stores_clocks() -> None:
     assert led.get("d3-1")["cost_usd"] == pytest.approx(0.001)
 
 
+def test_the_recorders_rows_fill_every_ledger_column() -> None:
+    from tally_core.ledger import COLUMNS
+
+    rec = Recorder(MemoryStore(), Ledger(":memory:"), Catalog([SPEC]))
+    _, row = rec._call(call("d1"))
+    assert set(row) == {c for c, _ in COLUMNS}  # the ledger's one-call fast path
+
+
 def test_two_replicas_on_one_store_write_the_clocks_the_store_committed() -> None:
     # A fleet: each replica has its own ledger, the state is shared. The
     # clocks in the two ledgers interleave without a collision.
