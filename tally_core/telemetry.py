@@ -489,6 +489,8 @@ class TelemetryQueue:
         name = f"{os.getpid()}-{time.time_ns():020d}{self._seq:08d}-{batch_id}"
         path = self._spool / f"{name}.jsonl"
         tmp = self._spool / f"{name}.tmp"
+        # Held before it appears, so no other queue of this process takes it.
+        self._hold(path.name)
         try:
             with open(tmp, "w", encoding="utf-8") as fh:
                 fh.write(_HEADER + "\n" + "\n".join(_encode(e) for e in events) + "\n")
@@ -499,13 +501,13 @@ class TelemetryQueue:
             if durable and self.fsync:
                 _fsync_dir(self._spool)
         except (OSError, TypeError, ValueError) as exc:
+            self._release(path.name)
             log.warning("tally telemetry could not spool a batch to %s: %s", path, exc)
             try:
                 tmp.unlink(missing_ok=True)
             except OSError:
                 pass
             return None
-        self._hold(path.name)
         return path
 
     def _read_spool(self, path: Path) -> list[Any] | None:
