@@ -19,7 +19,10 @@ import sys
 
 _CODE = """
 import json
-from tally_core.bench import route_latency, telemetry_latency, telemetry_throughput
+try:  # where the lab lives after issue 12; before it, tally_core.bench
+    from tally_core.eval.bench import route_latency, telemetry_latency, telemetry_throughput
+except ImportError:
+    from tally_core.bench import route_latency, telemetry_latency, telemetry_throughput
 print(json.dumps({
     "worker_events_per_s": telemetry_throughput(20000)["events_per_s"],
     "telemetry_p50_us": telemetry_latency(iters=20000, repeats=3)["p50_us"],
