@@ -162,6 +162,10 @@ class Recorder:
             except Exception as exc:  # a fault in one event stays with that event
                 rejected.append((raw, InvalidFieldError("event", f"{type(exc).__name__}: {exc}")))
         committed = self.store.apply(batch_id, updates, self.learn)
+        if not isinstance(committed, Committed):
+            # A store written against the older interface returns a bool: its
+            # clocks are unknown, and the snapshot catches up by refreshing.
+            committed = Committed(bool(committed))
         clocks = update_clocks(updates, committed.starts)
         for row, ui in zip(rows, row_update, strict=True):
             row["clock"] = clocks[ui]

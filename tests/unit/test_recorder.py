@@ -121,3 +121,14 @@ def test_tally_hands_batches_to_its_recorder() -> None:
         assert t._queue._exporter is t.recorder
         t.telemetry(t.route(task_type="qa"), quality=1.0)
         assert t.ledger.count() == 1
+
+
+def test_a_store_on_the_older_interface_still_records() -> None:
+    class Legacy(MemoryStore):
+        def apply(self, batch_id, updates, params):
+            return super().apply(batch_id, updates, params).applied  # a bool
+
+    rec = Recorder(Legacy(), Ledger(":memory:"), Catalog([SPEC]))
+    out = rec.record("b", [call("d1"), call("d2")])
+    assert out.applied == 2 and rec.ledger.count() == 2
+    assert rec.ledger.get("d1")["clock"] is None  # unknown, not invented
