@@ -17,6 +17,7 @@ from pydantic import (
     field_validator,
 )
 
+from tally_core._brief import brief
 from tally_core.errors import InvalidFieldError
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "STRUCTURE_TYPES",
     "Envelope",
     "coerce_envelope",
+    "envelope_cache_key",
     "normalise_task_type",
     "parse_task_type",
 ]
@@ -96,7 +98,7 @@ def normalise_task_type(value: str) -> str:
     slug = _ALIASES.get(slug, slug)
     if not _SLUG.match(slug):
         raise ValueError(
-            f"{value!r} is not a task type: use one of {', '.join(KNOWN_TASK_TYPES)} "
+            f"{brief(value)} is not a task type: use one of {', '.join(KNOWN_TASK_TYPES)} "
             "or a custom slug of letters, digits and '-' (at most 64 characters)"
         )
     return slug
@@ -106,7 +108,7 @@ def parse_task_type(value: Any) -> str:
     """``normalise_task_type`` for a value a caller passed as ``task_type``:
     anything that is not a task type raises ``InvalidFieldError("task_type")``."""
     if not isinstance(value, str):
-        raise InvalidFieldError("task_type", f"must be a string, got {value!r}")
+        raise InvalidFieldError("task_type", f"must be a string, got {brief(value)}")
     try:
         return normalise_task_type(value)
     except ValueError as exc:
@@ -352,7 +354,9 @@ def _raise_from(exc: ValidationError) -> InvalidFieldError:
     hint = _ALLOWED_HINTS.get(field)
     if hint and hint not in msg:
         msg = f"{msg} ({hint})"
-    return InvalidFieldError(field, f"{msg}, got {err.get('input')!r}")
+    if len(msg) > 300:
+        msg = msg[:297] + "..."
+    return InvalidFieldError(field, f"{msg}, got {brief(err.get('input'))}")
 
 
 def coerce_envelope(value: Envelope | Mapping[str, Any]) -> Envelope:
@@ -371,7 +375,61 @@ def coerce_envelope(value: Envelope | Mapping[str, Any]) -> Envelope:
         raise InvalidFieldError(
             "envelope", f"must be an Envelope or a mapping, got {type(value).__name__}"
         )
-    bad = next((k for k in value if not isinstance(k, str)), None)
-    if bad is not None:
-        raise InvalidFieldError("envelope", f"field names must be strings, got {bad!r}")
-    return Envelope(**value)
+    for k in value:
+        if not isinstance(k, str):
+            raise InvalidFieldError("envelope", f"field names must be strings, got {brief(k)}")
+    for k, v in value.items():
+        if not _shallow(v):
+            raise InvalidFieldError(
+                k,
+                "must be a string, number, bool, None or a flat list of those "
+                f"(nested at most {_MAX_DEPTH} levels), got {brief(v)}",
+            )
+    try:
+        return Envelope(**value)
+    except InvalidFieldError:
+        raise
+    except (TypeError, ValueError, RecursionError) as exc:  # never a raw error for bad input
+        raise InvalidFieldError("envelope", f"{type(exc).__name__}: {brief(str(exc))}") from None
+
+
+_MAX_DEPTH = 2
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _shallow(value: Any, depth: int = 0) -> bool:
+    """A value no envelope field nests deeper than (a scalar, or a flat
+    list/tuple/set of scalars): checked before pydantic sees it, so hostile
+    nesting never recurses."""
+    if isinstance(value, _SCALARS) or isinstance(value, Envelope):
+        return True
+    if depth >= _MAX_DEPTH - 1 or not isinstance(value, (list, tuple, set, frozenset)):
+        return False
+    if len(value) > 10_000:
+        return False
+    return all(_shallow(v, depth + 1) for v in value)
+
+
+def envelope_cache_key(data: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """A cache key for a mapping of envelope fields, or None if it should
+    not be cached. Keyed on each value's type as well as its value:
+    ``True == 1 == 1.0`` hash alike, but ``Envelope`` accepts one and rejects
+    another, so a cache keyed on values alone would let through what
+    ``Envelope()`` refuses, depending on what came before.
+
+    >>> envelope_cache_key({"tools_used": 1}) == envelope_cache_key({"tools_used": True})
+    False
+    """
+    key: list[Any] = []
+    for k, v in data.items():
+        t = type(v)
+        if t is tuple:
+            if not all(type(x) is str for x in v):
+                return None
+        elif t not in _KEY_TYPES:
+            return None
+        key.append((k, t, v))
+    return tuple(key)
+
+
+_KEY_TYPES = frozenset({str, int, float, bool, type(None)})

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import bisect
 import json
+import logging
+import operator
 import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from tally_core._brief import cut
 from tally_core.errors import StoreError
 
-__all__ = ["COLUMNS", "Ledger", "PriceRecord"]
+__all__ = ["COLUMNS", "ENVELOPE_COLUMNS", "Ledger", "PriceRecord"]
 
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("event_id", "TEXT PRIMARY KEY"),
@@ -54,6 +58,22 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("feedback_ts", "REAL"),
 )
 _NAMES = tuple(c for c, _ in COLUMNS)
+#: The envelope's columns, for rows of calls that had none.
+ENVELOPE_COLUMNS = (
+    "structure_type", "context_length", "tools_used", "time_sensitive", "quality_floor", "tags",
+)
+_MARKS = ", ".join("?" for _ in _NAMES)
+# Errors that belong to one row's values, not to the database.
+_ROW_ERRORS = (
+    OverflowError,
+    TypeError,
+    ValueError,
+    sqlite3.InterfaceError,
+    sqlite3.IntegrityError,
+    sqlite3.ProgrammingError,
+)
+_ABANDONED: list[sqlite3.Connection] = []  # inherited across fork: kept, never closed
+log = logging.getLogger("tally.ledger")
 _JSON_COLS = ("tags", "slugs")
 _FILTERS = {"org": "org = ?", "task_type": "task_type = ?", "model": "model = ?"}
 
@@ -87,6 +107,10 @@ class Ledger:
         self.readonly = readonly
         self._has_prices = True
         self._lock = threading.Lock()
+        self._pid = os.getpid()
+        if hasattr(os, "register_at_fork"):
+            ref = weakref.WeakMethod(self._after_fork)
+            os.register_at_fork(after_in_child=lambda: (m := ref()) and m())
         if readonly:
             self._open_readonly()
             self._closed = False
@@ -95,12 +119,7 @@ class Ledger:
             if self.path != ":memory:":
                 Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
                 self.path = str(Path(self.path).expanduser())
-            self._db = sqlite3.connect(
-                self.path, check_same_thread=False, timeout=30.0, isolation_level=None
-            )
-            if self.path != ":memory:":
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db = self._connect()
             cols = ", ".join(f"{c} {t}" for c, t in COLUMNS)
             self._db.execute(f"CREATE TABLE IF NOT EXISTS calls ({cols})")
             self._db.execute("CREATE INDEX IF NOT EXISTS calls_decision ON calls(decision_id)")
@@ -109,9 +128,31 @@ class Ledger:
                 "CREATE TABLE IF NOT EXISTS prices (ts REAL, model TEXT, "
                 "input_cost_per_mtok REAL, output_cost_per_mtok REAL, source TEXT)"
             )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS rejected (ts REAL, event_id TEXT, "
+                "decision_id TEXT, field TEXT, reason TEXT)"
+            )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open ledger at {self.path}: {exc}") from exc
         self._closed = False
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.readonly:
+            uri = f"{Path(self.path).resolve().as_uri()}?mode=ro"
+            return sqlite3.connect(
+                uri, uri=True, check_same_thread=False, timeout=30.0, isolation_level=None
+            )
+        db = sqlite3.connect(
+            self.path, check_same_thread=False, timeout=30.0, isolation_level=None
+        )
+        if self.path != ":memory:":
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+        return db
+
+    def _after_fork(self) -> None:
+        # The parent's lock may have been held by one of its threads.
+        self._lock = threading.Lock()
 
     def _open_readonly(self) -> None:
         # Reports open an existing ledger without ever writing to it (and
@@ -121,13 +162,7 @@ class Ledger:
             raise StoreError(f"no ledger at {self.path}")
         self.path = str(path)
         try:
-            self._db = sqlite3.connect(
-                f"{path.resolve().as_uri()}?mode=ro",
-                uri=True,
-                check_same_thread=False,
-                timeout=30.0,
-                isolation_level=None,
-            )
+            self._db = self._connect()
             tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open ledger at {self.path}: {exc}") from exc
@@ -139,24 +174,95 @@ class Ledger:
     def append(self, rows: Sequence[dict[str, Any]]) -> int:
         """Insert rows (a missing column is NULL); a known ``event_id`` is skipped.
 
-        Returns how many rows were new.
+        Returns how many rows were new. A row SQLite cannot hold (an integer
+        beyond 64 bits, a value of the wrong type) is left out, logged, and
+        never stops the others; ``write`` also says which rows those were.
+        """
+        new, rejected = self.write(rows)
+        for i, reason in rejected:
+            log.error("tally ledger left out row %d: %s", i, reason)
+        return new
+
+    def write(self, rows: Sequence[dict[str, Any]]) -> tuple[int, list[tuple[int, str]]]:
+        """``append`` that returns (rows new, [(index, reason) of rows left out]).
+
+        Either every storable row is committed or, if the database itself
+        fails (locked, full, gone), none is and ``StoreError`` is raised: no
+        transaction is ever left open.
         """
         if not rows:
-            return 0
-        marks = ", ".join("?" for _ in _NAMES)
-        values = [_encode_row(r) for r in rows]
+            return 0, []
+        sql = f"INSERT OR IGNORE INTO calls ({', '.join(_NAMES)}) VALUES ({_MARKS})"
+        rejected: list[tuple[int, str]] = []
+        values: list[list[Any]] = []
+        at: list[int] = []
+        for i, r in enumerate(rows):
+            try:
+                values.append(_encode_row(r))
+                at.append(i)
+            except (TypeError, ValueError) as exc:
+                rejected.append((i, f"{type(exc).__name__}: {cut(str(exc))}"))
         with self._lock:
+            self._check_pid()
             try:
                 before = self._db.total_changes
                 self._db.execute("BEGIN")
+                try:
+                    self._db.executemany(sql, values)
+                except _ROW_ERRORS:
+                    # One row SQLite cannot hold: redo them one by one in the
+                    # same transaction, leaving out only the bad ones.
+                    self._db.execute("ROLLBACK")
+                    before = self._db.total_changes
+                    self._db.execute("BEGIN")
+                    for i, v in zip(at, values, strict=True):
+                        try:
+                            self._db.execute(sql, v)
+                        except _ROW_ERRORS as exc:
+                            rejected.append((i, f"{type(exc).__name__}: {cut(str(exc))}"))
+                self._db.execute("COMMIT")
+                return self._db.total_changes - before, sorted(rejected)
+            except BaseException as exc:
+                # Whatever failed, close the transaction: an open one would
+                # make every later write fail.
+                self._rollback()
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"ledger write failed: {exc}") from exc
+                raise
+
+    def record_rejected(
+        self, rows: Iterable[tuple[float | None, str | None, str | None, str, str]]
+    ) -> None:
+        """Remember events that were rejected: (ts, event_id, decision_id, field, reason)."""
+        with self._lock:
+            self._check_pid()
+            try:
+                self._db.execute("BEGIN")
                 self._db.executemany(
-                    f"INSERT OR IGNORE INTO calls ({', '.join(_NAMES)}) VALUES ({marks})", values
+                    "INSERT INTO rejected VALUES (?, ?, ?, ?, ?)",
+                    [(ts, e, d, f[:64], cut(r, 300)) for ts, e, d, f, r in rows],
                 )
                 self._db.execute("COMMIT")
-                return self._db.total_changes - before
-            except sqlite3.Error as exc:
+            except BaseException as exc:
                 self._rollback()
-                raise StoreError(f"ledger write failed: {exc}") from exc
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"ledger write failed: {exc}") from exc
+                raise
+
+    def rejected(self) -> list[dict[str, Any]]:
+        """Events rejected so far, oldest first."""
+        with self._lock:
+            self._check_pid()
+            try:
+                cur = self._db.execute(
+                    "SELECT ts, event_id, decision_id, field, reason FROM rejected ORDER BY rowid"
+                )
+            except sqlite3.Error:  # a ledger from before the table existed
+                return []
+            return [
+                dict(zip(("ts", "event_id", "decision_id", "field", "reason"), r, strict=True))
+                for r in cur
+            ]
 
     def _rollback(self) -> None:
         try:
@@ -164,9 +270,19 @@ class Ledger:
         except sqlite3.Error:
             pass
 
+    def _check_pid(self) -> None:
+        # A connection must never cross a fork (SQLite's rule): a child gets
+        # its own, opened on first use. Lock held.
+        if self._pid != os.getpid():
+            _ABANDONED.append(self._db)  # never closed in the child: it is the parent's
+            self._pid = os.getpid()
+            if self.path != ":memory:":
+                self._db = self._connect()
+
     def get(self, decision_id: str) -> dict[str, Any] | None:
         """The latest row for a decision, or None."""
         with self._lock:
+            self._check_pid()
             cur = self._db.execute(
                 f"SELECT {', '.join(_NAMES)} FROM calls WHERE decision_id = ? "
                 "ORDER BY ts DESC LIMIT 1",
@@ -180,6 +296,7 @@ class Ledger:
     ) -> None:
         """Record late quality for a decision's call."""
         with self._lock:
+            self._check_pid()
             try:
                 self._db.execute(
                     "UPDATE calls SET quality = ?, quality_applied = ?, "
@@ -194,6 +311,7 @@ class Ledger:
     def record_prices(self, rows: Iterable[tuple[float, str, float, float, str]]) -> None:
         """Remember a price change (ts, model, input, output, source)."""
         with self._lock:
+            self._check_pid()
             self._db.executemany("INSERT INTO prices VALUES (?, ?, ?, ?, ?)", list(rows))
 
     def sync_prices(
@@ -226,6 +344,7 @@ class Ledger:
             return []
         out: list[PriceRecord] = []
         with self._lock:
+            self._check_pid()
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 for model, inp, outp, source in wanted:
@@ -255,6 +374,7 @@ class Ledger:
             sql += " WHERE model = ?"
             args = (model,)
         with self._lock:
+            self._check_pid()
             rows = self._db.execute(sql + " ORDER BY ts, rowid", args).fetchall()
         return [PriceRecord(*r) for r in rows]
 
@@ -327,6 +447,7 @@ class Ledger:
                 params += [last[0], last[0], last[1]]
             sql = head + (" WHERE " + " AND ".join(cond) if cond else "") + order
             with self._lock:
+                self._check_pid()
                 batch = self._db.execute(sql, (*params, batch_size)).fetchall()
             for row in batch:
                 yield tuple(row[1:width])
@@ -340,6 +461,7 @@ class Ledger:
         if self._has_prices:
             sql += " UNION SELECT DISTINCT model FROM prices"
         with self._lock:
+            self._check_pid()
             return sorted(r[0] for r in self._db.execute(sql))
 
     def count(
@@ -372,6 +494,7 @@ class Ledger:
         if where:
             sql += " WHERE " + " AND ".join(where)
         with self._lock:
+            self._check_pid()
             rows = self._db.execute(sql + " GROUP BY model", args).fetchall()
         return {m: (int(n), int(h or 0), p) for m, n, h, p in rows}
 
@@ -390,6 +513,7 @@ class Ledger:
         if where:
             sql += " WHERE " + " AND ".join(where)
         with self._lock:
+            self._check_pid()
             n, lo, hi = self._db.execute(sql, args).fetchone()
         return int(n), lo, hi
 
@@ -403,10 +527,16 @@ class Ledger:
 _JSON_AT = tuple(i for i, c in enumerate(_NAMES) if c in _JSON_COLS)
 
 
+_ROW = operator.itemgetter(*_NAMES)
+
+
 def _encode_row(row: dict[str, Any]) -> list[Any]:
     """A row's values in column order (sqlite3 stores bools as 0/1 itself)."""
-    get = row.get
-    values: list[Any] = [get(c) for c in _NAMES]
+    try:
+        values = list(_ROW(row))  # a complete row (the recorder's): one C call
+    except KeyError:
+        get = row.get
+        values = [get(c) for c in _NAMES]
     for i in _JSON_AT:
         v = values[i]
         if v is not None:

@@ -6,11 +6,8 @@ from __future__ import annotations
 import atexit
 import bisect
 import contextlib
-import itertools
 import logging
-import math
 import os
-import re
 import threading
 import time
 import weakref
@@ -22,28 +19,39 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from tally_core._brief import brief
 from tally_core._state import (
     EMPTY_VIEW,
     TASK_CELL,
     ArmView,
     LearnParams,
-    Update,
     arm_view,
 )
 from tally_core.catalog import Catalog, ModelSpec, store_price_map
 from tally_core.compliance import OrgPolicies
 from tally_core.decision import Dropped, RouteDecision
-from tally_core.envelope import Envelope, coerce_envelope, parse_task_type
+from tally_core.envelope import Envelope, coerce_envelope, envelope_cache_key, parse_task_type
 from tally_core.errors import (
     ClosedError,
     InvalidFieldError,
     TallyError,
     UnknownDecisionError,
 )
+from tally_core.events import (
+    CallEvent,
+    call_event,
+    check_decision_id,
+    check_model,
+    check_number,
+    check_org,
+    feedback_event,
+    new_id,
+)
 from tally_core.ledger import Ledger
 from tally_core.policy.bandit import FloorBandit
 from tally_core.policy.base import Candidate, Plan, Policy
 from tally_core.policy.floor import prob_clears
+from tally_core.recorder import Recorded, Recorder
 from tally_core.shadow import ShadowPair, Shadows, ShadowSpec, shadow_report
 from tally_core.stores.base import StateStore, TaskKey
 from tally_core.stores.disk import DiskStore
@@ -61,8 +69,6 @@ __all__ = ["NoCandidateError", "Tally", "default_home"]
 log = logging.getLogger("tally")
 
 DEFAULT_OUTPUT_TOKENS = 512
-_SLUG = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
-_ERROR = re.compile(r"^[A-Za-z0-9_.:/-]{1,120}$")
 
 
 class NoCandidateError(InvalidFieldError):
@@ -90,7 +96,7 @@ class _Draws:
     a block of 4096 costs about as much as twenty. Thread safe.
     """
 
-    def __init__(self, seed: int | None, block: int = 4096) -> None:
+    def __init__(self, seed: int | tuple[int, int] | None, block: int = 4096) -> None:
         import numpy as np  # not at import time: `import tally_core` stays fast
 
         self._rng = np.random.default_rng(seed)
@@ -110,45 +116,6 @@ class _Draws:
             if not self._z:
                 self._z = self._rng.standard_normal(self._block).tolist()
             return self._z.pop()
-
-
-def _num(field: str, value: Any, lo: float = 0.0, hi: float = math.inf) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidFieldError(field, f"must be a number, got {type(value).__name__}")
-    v = float(value)
-    if not (math.isfinite(v) and lo <= v <= hi):
-        limit = f"between {lo:g} and {hi:g}" if hi != math.inf else f">= {lo:g}"
-        raise InvalidFieldError(field, f"must be {limit}, got {value!r}")
-    return v
-
-
-def _int(field: str, value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidFieldError(field, f"must be an integer >= 0, got {value!r}")
-    return int(value)
-
-
-def _slugs(value: Any) -> list[str] | None:
-    if value is None:
-        return None
-    if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)):
-        raise InvalidFieldError("slugs", f"must be a list of slugs, got {type(value).__name__}")
-    if len(value) > 32:
-        raise InvalidFieldError("slugs", f"at most 32 slugs, got {len(value)}")
-    out = []
-    for s in value:
-        if not isinstance(s, str) or not _SLUG.match(s.lower()):
-            raise InvalidFieldError(
-                "slugs",
-                f"each slug must be 1-64 lowercase letters, digits or _.:- "
-                f"(like 'hallucination'), got {s!r}",
-            )
-        out.append(s.lower())
-    return out
 
 
 class Tally:
@@ -188,6 +155,13 @@ class Tally:
         it at once on the caller's thread (simulations, tests).
     ledger
         A path, ``":memory:"``, a ``Ledger``, or None for the store's default.
+    max_queue
+        Telemetry events held in memory; beyond it they are spooled to disk
+        (replayed by the worker as soon as it catches up).
+    max_decisions
+        Recent decisions kept for ``feedback`` by id and for the in-flight
+        count: memory is bounded by this count whatever the call rate (older
+        ids are still found in the ledger once their telemetry is recorded).
     org_policies
         Compliance rules per org: ``{"eu-team": {"allowed_providers": ["azure"]}}``
         (``allowed_models`` too). Every call of that org is narrowed to them,
@@ -197,6 +171,9 @@ class Tally:
     otel
         ``True`` or a ``tally_core.otel.OTelExporter``: an OpenTelemetry
         GenAI span per recorded call (the ``otel`` extra). Off by default.
+
+    What Tally promises under crashes, forks, outages, overflow, bad input
+    and other tenants is in ``docs/guarantees.md``.
 
     The ``confidence`` of a decision is the posterior probability that the
     chosen model's quality for this task type and context is at or above the
@@ -233,6 +210,7 @@ class Tally:
         error_cooldown: int = 50,
         max_queue: int = 100_000,
         refresh_interval_s: float = 1.0,
+        max_decisions: int = 20_000,
         org_policies: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
         otel: Any = False,
     ) -> None:
@@ -266,7 +244,7 @@ class Tally:
         ):
             raise InvalidFieldError("half_life", f"must be a number >= 10, got {half_life!r}")
         self.learn = LearnParams(half_life=float(half_life))
-        self.holdout = _num("holdout", holdout, 0.0, 0.5) or 0.0
+        self.holdout = check_number("holdout", holdout, 0.0, 0.5) or 0.0
         self.cell_min_obs = cell_min_obs
         self.error_cooldown = error_cooldown
         self.refresh_interval_s = refresh_interval_s
@@ -305,18 +283,17 @@ class Tally:
         # type invalidates only that task's plans.
         self._routes: dict[TaskKey, dict[tuple[Any, ...], _Route]] = {}
         self._env_cache: dict[Any, Envelope] = {}
-        self._recent: OrderedDict[str, RouteDecision] = OrderedDict()
-        self._recent_max = 100_000
-        # Routes not yet reported, per task and model (they shape calibration):
-        # decisions in creation order; those reported; the age-out horizon.
-        self._pending: dict[TaskKey, dict[str, int]] = {}
-        self._pending_lock = threading.Lock()
-        self._open: deque[RouteDecision] = deque()
-        self._reported: set[str] = set()
-        self._aged_until = 0.0
-        self._id_prefix = os.urandom(6).hex()
-        self._ids = itertools.count(1)
-        self._events = itertools.count(1)
+        if isinstance(max_decisions, bool) or not (
+            isinstance(max_decisions, int) and max_decisions >= 1
+        ):
+            raise InvalidFieldError(
+                "max_decisions", f"must be an integer >= 1, got {max_decisions!r}"
+            )
+        # Memory is bounded by counts, whatever the call rate: at most
+        # ``max_decisions`` recent decisions (for feedback by id) and as many
+        # routes in flight; the TTL only ages out earlier.
+        self.max_decisions = max_decisions
+        self._init_decisions()
         self._seen_version = -1
         self._last_refresh = 0.0
         self._closed = False
@@ -324,8 +301,10 @@ class Tally:
         self.shadows = Shadows(seed)
         self._refresh(full=True)
 
+        self.recorder = Recorder(self.store, self.ledger, self.catalog, self.learn)
+        self.recorder.subscribe(self._on_recorded)
         self._queue = TelemetryQueue(
-            self._process,
+            self.recorder,
             spool_dir=str(Path(directory) / "spool") if directory else None,
             max_queue=max_queue,
             background=background,
@@ -333,6 +312,13 @@ class Tally:
         if directory:
             self._queue.replay_spool()
         self_ref = weakref.ref(self)
+        if hasattr(os, "register_at_fork"):
+            def _child() -> None:
+                t = self_ref()
+                if t is not None:
+                    t._after_fork()
+
+            os.register_at_fork(after_in_child=_child)
 
         def _close_at_exit() -> None:
             t = self_ref()
@@ -341,6 +327,26 @@ class Tally:
 
         self._atexit = _close_at_exit
         atexit.register(self._atexit)
+
+    def _init_decisions(self) -> None:
+        self._recent: OrderedDict[str, RouteDecision] = OrderedDict()
+        # Routes not yet reported, per task and model (they shape calibration):
+        # decisions in creation order; those reported; the age-out horizon.
+        self._pending: dict[TaskKey, dict[str, int]] = {}
+        self._pending_lock = threading.Lock()
+        self._open: deque[RouteDecision] = deque()
+        self._reported: set[str] = set()
+        self._aged_until = 0.0
+
+    def _after_fork(self) -> None:
+        # A pre-fork server forks after Tally is built: the child keeps the
+        # learned snapshot but gets fresh locks (a parent thread may have held
+        # one), no routes in flight (they are the parent's), its own random
+        # stream (or every child would explore alike) and, through the
+        # ledger's and queue's own fork hooks, its own connection and worker.
+        self._lock = threading.RLock()
+        self._init_decisions()
+        self._draws = _Draws(None if self.seed is None else (self.seed, os.getpid()))
 
     # -- routing -------------------------------------------------------------
 
@@ -380,7 +386,7 @@ class Tally:
         out = env.expected_output_tokens or r.out_tokens.get(model, DEFAULT_OUTPUT_TOKENS)
         decision = RouteDecision(
             model=model,
-            decision_id=f"{self._id_prefix}-{next(self._ids):x}",
+            decision_id=new_id(),
             phase=phase,  # type: ignore[arg-type]
             confidence=conf,
             estimated_cost_usd=spec.estimate_cost_usd(env.input_tokens, int(out)),
@@ -397,10 +403,13 @@ class Tally:
         )
         with self._pending_lock:
             pending[model] = pending.get(model, 0) + 1
-        self._open.append(decision)
+            opened = self._open
+            opened.append(decision)
+            if len(opened) > self.max_decisions:
+                self._forget(opened.popleft())
         recent = self._recent
         recent[decision.decision_id] = decision
-        if len(recent) > self._recent_max:
+        if len(recent) > self.max_decisions:
             try:
                 recent.popitem(last=False)
             except KeyError:
@@ -427,10 +436,8 @@ class Tally:
             raise InvalidFieldError(
                 "envelope", f"must be an Envelope or a mapping, got {type(envelope).__name__}"
             )
-        try:
-            ck: Any = tuple(data.items())
-            hash(ck)
-        except TypeError:
+        ck = envelope_cache_key(data)
+        if ck is None:
             return self.org_policies.apply(coerce_envelope(data))
         env = self._env_cache.get(ck)
         if env is None:
@@ -568,40 +575,23 @@ class Tally:
         """
         if self._closed:
             raise ClosedError("this Tally is closed")
-        q = _num("quality", quality, 0.0, 1.0)
-        if success is not None and not isinstance(success, bool):
-            raise InvalidFieldError("success", f"must be True or False, got {success!r}")
-        sl = _slugs(slugs)
-        it = _int("input_tokens", input_tokens)
-        ot = _int("output_tokens", output_tokens)
-        lat = _num("latency_ms", latency_ms)
-        cost = _num("cost_usd", cost_usd)
-        if error is not None and (not isinstance(error, str) or not _ERROR.match(error)):
-            raise InvalidFieldError(
-                "error",
-                "must be an error class or code of 1-120 letters, digits or _.:/- "
-                f"(never a message, which may quote the prompt), got {error!r}",
-            )
         d = self._resolve(decision, model, task_type, org)
-        event = {
-            "kind": "call",
-            "event_id": f"{self._id_prefix}-e{next(self._events):x}",
-            "ts": time.time(),
-            "quality": q,
-            "success": success,
-            "slugs": sl,
-            "input_tokens": it,
-            "output_tokens": ot,
-            "latency_ms": lat,
-            "cost_usd": cost,
-            "error": error,
+        event = call_event(
             **d,
-        }
-        event["local"] = d["phase"] is not None and d["decision_id"] in self._recent
+            quality=quality,
+            success=success,
+            slugs=slugs,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            latency_ms=latency_ms,
+            cost_usd=cost_usd,
+            error=error,
+            local=d["routed"],
+        )
         if self._otel is not None:
-            self._otel.capture(event["event_id"])
+            self._otel.capture(event.event_id)
         self._queue.put(event)
-        return str(event["event_id"])
+        return event.event_id
 
     def feedback(
         self,
@@ -616,238 +606,138 @@ class Tally:
         """Late quality for a call already reported, joined by decision id.
 
         Replaces the quality the call was first counted with (or adds it, if
-        none was given), in the bandit and in the ledger.
+        none was given), in the bandit and in the ledger. Feedback is bound to
+        the org that made the decision: ``org=`` naming another org is
+        rejected, so one tenant can never move another's learned quality.
         """
         if self._closed:
             raise ClosedError("this Tally is closed")
-        if isinstance(quality, bool):
-            quality = 1.0 if quality else 0.0
-        q = _num("quality", quality, 0.0, 1.0)
-        if q is None:
-            raise InvalidFieldError("quality", "is required")
-        sl = _slugs(slugs)
         did = decision.decision_id if isinstance(decision, RouteDecision) else decision
-        if not isinstance(did, str) or not did:
-            raise InvalidFieldError("decision", f"must be a RouteDecision or its id, got {did!r}")
-        if (
-            did not in self._recent
-            and self.ledger.get(did) is None
-            and (model is None or task_type is None)
-        ):
-            raise UnknownDecisionError(
-                "decision",
-                f"unknown decision id {did!r}: it was not routed by this Tally and is not "
-                "in the ledger; pass model= and task_type= to record it anyway",
-            )
+        did = check_decision_id(did)
+        if did not in self._recent:
+            row = self.ledger.get(did)
+            if row is not None:
+                if org is not None and org != row["org"]:
+                    raise InvalidFieldError(
+                        "org", f"decision {did} was made for another org, not {brief(org)}"
+                    )
+                model, task_type, org = row["model"], row["task_type"], row["org"]
+            elif model is None or task_type is None:
+                raise UnknownDecisionError(
+                    "decision",
+                    f"unknown decision id {did!r}: it was not routed by this Tally and is not "
+                    "in the ledger; pass model= and task_type= to record it anyway",
+                )
         d = self._resolve(did, model, task_type, org)
         self._queue.put(
-            {
-                "kind": "feedback",
-                "event_id": f"{self._id_prefix}-e{next(self._events):x}",
-                "ts": time.time(),
-                "quality": q,
-                "slugs": sl,
-                **d,
-            }
+            feedback_event(
+                decision_id=d["decision_id"],
+                org=d["org"],
+                task_type=d["task_type"],
+                cell=d["cell"],
+                model=d["model"],
+                quality=quality,
+                slugs=slugs,
+            )
         )
 
     def _resolve(
-        self, decision: Any, model: str | None, task_type: str | None, org: str | None
+        self, decision: Any, model: Any, task_type: Any, org: Any
     ) -> dict[str, Any]:
         if isinstance(decision, RouteDecision):
             d: RouteDecision | None = decision
-        elif decision is None or isinstance(decision, str):
-            d = self._recent.get(decision) if decision else None
+        elif decision is None:
+            d = None
+        elif isinstance(decision, str):
+            d = self._recent.get(check_decision_id(decision))
         else:
             raise InvalidFieldError(
                 "decision",
                 f"must be a RouteDecision, its id or None, got {type(decision).__name__}",
             )
         if d is not None:
-            env = d.envelope
+            if org is not None and org != d.org:
+                raise InvalidFieldError(
+                    "org", f"decision {d.decision_id} was made for another org, not {brief(org)}"
+                )
             return {
+                # Made by this process (not a RouteDecision built elsewhere):
+                # its fields are valid already.
+                "routed": self._recent.get(d.decision_id) is d,
                 "decision_id": d.decision_id,
                 "org": d.org,
                 "task_type": d.task_type,
                 "cell": d.cell,
-                "model": model or d.model,
+                "model": d.model if model is None else check_model(model),
                 "phase": d.phase,
                 "confidence": d.confidence,
                 "holdout": d.holdout,
-                "envelope": _env_fields(env),
+                "envelope": _env_fields(d.envelope),
             }
         if model is None or task_type is None:
             raise UnknownDecisionError(
                 "decision",
-                f"unknown decision id {decision!r}; pass the RouteDecision from route(), "
+                f"unknown decision id {brief(decision)}; pass the RouteDecision from route(), "
                 "or model= and task_type= for a call Tally did not route",
             )
-        if not isinstance(model, str) or not model:
-            raise InvalidFieldError("model", f"must be a model name, got {model!r}")
-        tt = parse_task_type(task_type)
-        o = org or "default"
-        if not isinstance(o, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.:/@-]{0,127}$", o):
-            raise InvalidFieldError("org", f"must be an org id, got {org!r}")
+        if decision is not None:
+            # An id another process routed: it stays bound to its org.
+            row = self.ledger.get(decision)
+            if row is not None:
+                if org is not None and org != row["org"]:
+                    raise InvalidFieldError(
+                        "org", f"decision {decision} was made for another org, not {brief(org)}"
+                    )
+                org = row["org"]
         return {
-            "decision_id": decision if isinstance(decision, str) else None,
-            "org": o,
-            "task_type": tt,
+            "routed": False,
+            "decision_id": decision,
+            "org": "default" if org is None else check_org(org),
+            "task_type": parse_task_type(task_type),
             "cell": TASK_CELL,
-            "model": model,
+            "model": check_model(model),
             "phase": None,
             "confidence": None,
             "holdout": False,
             "envelope": None,
         }
 
-    # -- the worker ----------------------------------------------------------
+    # -- what the recorder committed -------------------------------------------
 
-    def _process(self, batch_id: str, events: list[dict[str, Any]]) -> None:
-        """Apply one batch to the state store, then the ledger (worker thread)."""
-        updates: list[Update] = []
-        rows: list[dict[str, Any]] = []
-        feedback: list[tuple[str, float, list[str] | None, float]] = []
-        by_decision: dict[str, dict[str, Any]] = {}
-        counted: dict[TaskKey, int] = {}  # outcomes of this batch so far, per task
-
-        def add(u: Update) -> None:
-            updates.append(u)
-            if u.replaces is None:
-                k = (u.org, u.task_type)
-                counted[k] = counted.get(k, 0) + 1
-
-        for ev in events:
-            key = (ev["org"], ev["task_type"])
-            snap = self._views.get(key)
-            clock = (snap["clock"] if snap else 0.0) + counted.get(key, 0)
-            if ev["kind"] == "feedback":
-                orig = by_decision.get(ev["decision_id"] or "") or (
-                    self.ledger.get(ev["decision_id"]) if ev["decision_id"] else None
-                )
-                q = ev["quality"]
-                if orig is not None:
-                    prev = orig.get("quality_applied")
-                    add(
-                        Update(
-                            orig["org"],
-                            orig["task_type"],
-                            orig["cell"] or TASK_CELL,
-                            orig["model"],
-                            q,
-                            False,
-                            None,
-                            None,
-                            0.0,
-                            replaces=prev,
-                            at=orig.get("clock"),
-                            outcome_only=prev is None,
-                        )
-                    )
-                    orig["quality_applied"] = q
-                    feedback.append((ev["decision_id"], q, ev["slugs"], ev["ts"]))
-                else:  # no call on record: count the quality on its own
-                    add(
-                        Update(
-                            ev["org"],
-                            ev["task_type"],
-                            ev["cell"],
-                            ev["model"],
-                            q,
-                            False,
-                            None,
-                            None,
-                            0.0,
-                            outcome_only=True,
-                        )
-                    )
-                continue
-            q, success, error = ev["quality"], ev["success"], ev["error"]
-            errored = False
-            if q is None:
-                if success is True:
-                    q = 1.0
-                elif success is False:
-                    if error:
-                        errored = True  # the provider failed: availability, not quality
-                    else:
-                        q = 0.0
-            if success is None and (error is not None or q is not None):
-                # Inferred when the event says anything; a call reported with
-                # no outcome at all (a cancelled stream) stays unknown (NULL).
-                success = error is None and not errored
-            spec = self.catalog[ev["model"]] if ev["model"] in self.catalog else None
-            if spec is None:
-                found = self.catalog.lookup(ev["model"])
-                spec = ModelSpec(name=ev["model"], **found) if found else None
-            cost = ev["cost_usd"]
-            if cost is None:
-                cost = (
-                    spec.estimate_cost_usd(ev["input_tokens"] or 0, ev["output_tokens"] or 0)
-                    if spec is not None
-                    else 0.0
-                )
-            add(
-                Update(
-                    ev["org"],
-                    ev["task_type"],
-                    ev["cell"],
-                    ev["model"],
-                    q,
-                    errored,
-                    ev["latency_ms"],
-                    ev["output_tokens"],
-                    cost,
-                )
-            )
-            env = ev.get("envelope") or {}
-            row = {
-                "event_id": ev["event_id"],
-                "decision_id": ev["decision_id"],
-                "ts": ev["ts"],
-                "org": ev["org"],
-                "task_type": ev["task_type"],
-                "cell": ev["cell"],
-                **env,
-                "model": ev["model"],
-                "phase": ev["phase"],
-                "confidence": ev["confidence"],
-                "holdout": ev["holdout"],
-                "input_tokens": ev["input_tokens"],
-                "output_tokens": ev["output_tokens"],
-                "latency_ms": ev["latency_ms"],
-                "cost_usd": cost,
-                "input_cost_per_mtok": spec.input_cost_per_mtok if spec else None,
-                "output_cost_per_mtok": spec.output_cost_per_mtok if spec else None,
-                "success": success,
-                "quality": ev["quality"] if ev["quality"] is not None else q,
-                "slugs": ev["slugs"],
-                "error": error,
-                "quality_applied": q,
-                "clock": clock + 1,
-            }
-            rows.append(row)
-            if ev["decision_id"]:
-                by_decision[ev["decision_id"]] = row
-        self.store.apply(batch_id, updates, self.learn)
-        self.ledger.append(rows)
-        for did, q, sl, ts in feedback:
-            self.ledger.set_feedback(did, q, sl, ts)
-        self._refresh(keys={(u.org, u.task_type) for u in updates})
+    def _on_recorded(self, rec: Recorded) -> None:
+        """Fold a committed batch into the routing snapshot (worker thread):
+        the store returned the states it wrote, so nothing is read again."""
+        committed = rec.committed
+        if committed.states:
+            with self._lock:
+                views = dict(self._views)
+                for key, state in committed.states.items():
+                    views[key] = self._views_of(state)
+                self._views = views
+                for key in committed.states:
+                    self._routes.pop(key, None)
+                if committed.version is not None and committed.version == self._seen_version + 1:
+                    # Only our own write since the last look; anything else
+                    # (another process) is left for the periodic full refresh.
+                    self._seen_version = committed.version
         # These routes are now in the snapshot: no longer "in flight".
         with self._pending_lock:
-            for ev in events:
-                if ev.get("local") and ev["kind"] == "call":
-                    d = self._recent.get(ev["decision_id"])
-                    if (
-                        d is not None
-                        and d.created_at >= self._aged_until
-                        and d.decision_id not in self._reported
-                    ):
-                        self._reported.add(d.decision_id)
-                        self._unpend(d)
+            for ev in rec.calls:
+                if ev.local:
+                    self._reported_call(ev)
             self._age_out()
         if self._otel is not None:  # the OTel hook: once the batch is applied
-            self._otel.export(rows)
+            self._otel.export(rec.rows)
+
+    def _reported_call(self, ev: CallEvent) -> None:
+        d = self._recent.get(ev.decision_id or "")
+        if (
+            d is not None
+            and d.created_at >= self._aged_until
+            and d.decision_id not in self._reported
+        ):
+            self._reported.add(d.decision_id)
+            self._unpend(d)
 
     def _unpend(self, d: RouteDecision) -> None:
         pending = self._pending.get((d.org, d.task_type))
@@ -857,14 +747,18 @@ class Tally:
     def _age_out(self) -> None:
         """Forget routes never reported within ``pending_ttl_s`` (lock held)."""
         cutoff = time.time() - self.pending_ttl_s
-        opened, reported = self._open, self._reported
+        opened = self._open
         while opened and opened[0].created_at < cutoff:
-            d = opened.popleft()
-            if d.decision_id in reported:
-                reported.discard(d.decision_id)
-            else:
-                self._unpend(d)
+            self._forget(opened.popleft())
         self._aged_until = cutoff
+
+    def _forget(self, d: RouteDecision) -> None:
+        # A route leaves the in-flight window (aged out, or over the count
+        # cap); lock held.
+        if d.decision_id in self._reported:
+            self._reported.discard(d.decision_id)
+        else:
+            self._unpend(d)
 
     # -- the routing snapshot ------------------------------------------------
 
@@ -889,33 +783,15 @@ class Tally:
         """Reload learned state from the store (what other processes learned)."""
         self._refresh(full=True)
 
-    def _refresh(self, keys: set[TaskKey] | None = None, full: bool = False) -> None:
-        """Rebuild the routing snapshot: every task state, or only ``keys``
-        (those the worker just changed), dropping only their cached plans."""
+    def _refresh(self, full: bool = True) -> None:
+        """Rebuild the routing snapshot from every task state in the store.
+        (After a batch of its own, the worker folds in the states the store
+        returned instead: see ``_on_recorded``.)"""
         with self._lock:
-            seen = self._seen_version
-            if full or keys is None:
-                version = self.store.version()
-                self._views = {k: self._views_of(v) for k, v in self.store.load().items()}
-                self._routes = {}
-                self._seen_version = version
-                return
-            states = self.store.load(keys)
             version = self.store.version()
-            views = dict(self._views)
-            for key in keys:
-                state = states.get(key)
-                if state is None:
-                    views.pop(key, None)
-                else:
-                    views[key] = self._views_of(state)
-            self._views = views
-            for key in keys:
-                self._routes.pop(key, None)
-            if version == seen + 1:
-                # Only our own write since the last look; anything else
-                # (another process) is left for the periodic full refresh.
-                self._seen_version = version
+            self._views = {k: self._views_of(v) for k, v in self.store.load().items()}
+            self._routes = {}
+            self._seen_version = version
 
     def _views_of(self, state: dict[str, Any]) -> dict[str, Any]:
         clock = state["clock"]
@@ -1145,7 +1021,9 @@ class Tally:
 
     @property
     def telemetry_counts(self) -> dict[str, int]:
-        """Events enqueued, applied, retried, spooled, replayed, and drops by reason."""
+        """Events enqueued, applied, rejected (bad events, see
+        ``ledger.rejected()``), retried, spooled, replayed, quarantined (spool
+        files that could not be read), and drops by reason."""
         return {**self._queue.counts, **{f"dropped_{k}": v for k, v in self._queue.dropped.items()}}
 
     def _context_windows(self) -> list[int]:
@@ -1250,3 +1128,4 @@ def _env_fields(env: Envelope | None) -> dict[str, Any] | None:
         "quality_floor": env.quality_floor,
         "tags": list(env.tags),
     }
+

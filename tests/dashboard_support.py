@@ -29,8 +29,9 @@ ERROR_EVERY = 23  # every 23rd call of an org fails with a provider error
 
 
 class _Clock:
-    """Stands in for the ``time`` module inside ``tally_core.router`` so the
-    calls spread over several days (the ledger stamps them with ``time.time()``)."""
+    """Stands in for the ``time`` module inside ``tally_core.router`` and
+    ``tally_core.events`` so the calls spread over several days (events are
+    stamped with ``time.time()``)."""
 
     def __init__(self, now: float) -> None:
         self.now = now
@@ -47,6 +48,7 @@ def build_store(where: Path, seed: int = 7) -> dict[str, Any]:
     with pytest.MonkeyPatch.context() as mp:
         clock = _Clock(START)
         mp.setattr("tally_core.router.time", clock)
+        mp.setattr("tally_core.events.time", clock)  # call events are stamped there
         return _fill(where, clock, seed)
 
 

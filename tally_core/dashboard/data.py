@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from tally_core import reports
 from tally_core.errors import InvalidFieldError, StoreError, TallyError
 from tally_core.ledger import COLUMNS, Ledger
-from tally_core.stores.base import StateStore, TaskKey
+from tally_core.stores.base import Committed, StateStore, TaskKey
 
 if TYPE_CHECKING:
     from tally_core._state import LearnParams, Update
@@ -71,7 +71,7 @@ class ReadOnlyStore(StateStore):
     def __init__(self, inner: StateStore) -> None:
         self._inner = inner
 
-    def apply(self, batch_id: str, updates: Sequence[Update], params: LearnParams) -> bool:
+    def apply(self, batch_id: str, updates: Sequence[Update], params: LearnParams) -> Committed:
         raise StoreError("the dashboard is read-only: it never writes learned state")
 
     def load(self, keys: Iterable[TaskKey] | None = None) -> dict[TaskKey, dict[str, Any]]:

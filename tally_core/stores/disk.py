@@ -7,9 +7,16 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tally_core._state import LearnParams, Update, apply_updates, new_task_state
+from tally_core._state import LearnParams, Update, new_task_state
 from tally_core.errors import StoreError
-from tally_core.stores.base import StateStore, TaskKey, group_updates
+from tally_core.stores.base import (
+    Committed,
+    StateStore,
+    TaskKey,
+    check_state,
+    fold,
+    group_updates,
+)
 
 __all__ = ["DiskStore"]
 
@@ -44,51 +51,68 @@ class DiskStore(StateStore):
         self.directory = str(path)
         self._closed = False
 
-    def apply(self, batch_id: str, updates: Sequence[Update], params: LearnParams) -> bool:
+    def apply(self, batch_id: str, updates: Sequence[Update], params: LearnParams) -> Committed:
+        groups = group_updates(updates)
         try:
             with self._cache.transact():
                 bkey = f"b:{batch_id}"
-                if self._cache.get(bkey) is not None:
-                    return False
-                keys: set[TaskKey] = set(self._cache.get(_KEYS, default=set()))
-                new_keys = False
-                for key, group in group_updates(updates).items():
+                seen = self._cache.get(bkey)
+                if seen is not None:
+                    # Remembered with the clocks it started from (older
+                    # versions stored 1: the clocks are then unknown).
+                    starts = dict(seen) if isinstance(seen, dict) else {}
+                    return Committed(False, starts, self._load(groups), self._version())
+                keys: set[TaskKey] | None = None
+                starts = {}
+                out: dict[TaskKey, dict[str, Any]] = {}
+                for key, group in groups.items():
                     skey = f"s:{key[0]}\x1f{key[1]}"
                     state = self._cache.get(skey)
                     if state is None:
                         state = new_task_state()
-                    apply_updates(state, group, params)
-                    self._cache.set(skey, state)
-                    if key not in keys:
+                        if keys is None:
+                            keys = set(self._cache.get(_KEYS, default=set()))
                         keys.add(key)
-                        new_keys = True
-                if new_keys:
+                    starts[key] = fold(state, group, params, self.directory or "")
+                    self._cache.set(skey, state)
+                    out[key] = state  # unpickled for this call: the caller may keep it
+                if keys is not None:
                     self._cache.set(_KEYS, keys)
-                self._cache.set(bkey, 1, expire=_BATCH_TTL_S)
-                self._cache.incr(_VERSION, default=0)
-                return True
+                self._cache.set(bkey, starts, expire=_BATCH_TTL_S)
+                version = int(self._cache.incr(_VERSION, default=0))
+                return Committed(True, starts, out, version)
+        except StoreError:
+            raise
         except self._diskcache.Timeout as exc:
             raise StoreError(f"state store at {self.directory} is locked: {exc}") from exc
         except Exception as exc:  # sqlite3.OperationalError and friends
             raise StoreError(f"state store at {self.directory} failed: {exc}") from exc
+
+    def _load(self, keys: Iterable[TaskKey]) -> dict[TaskKey, dict[str, Any]]:
+        out: dict[TaskKey, dict[str, Any]] = {}
+        for key in keys:
+            state = self._cache.get(f"s:{key[0]}\x1f{key[1]}")
+            if state is not None:
+                out[key] = check_state(key, state, self.directory or "")
+        return out
+
+    def _version(self) -> int:
+        return int(self._cache.get(_VERSION, default=0))
 
     def load(self, keys: Iterable[TaskKey] | None = None) -> dict[TaskKey, dict[str, Any]]:
         try:
             with self._cache.transact():
                 if keys is None:
                     keys = self._cache.get(_KEYS, default=set())
-                out: dict[TaskKey, dict[str, Any]] = {}
-                for key in keys:
-                    state = self._cache.get(f"s:{key[0]}\x1f{key[1]}")
-                    if state is not None:
-                        out[key] = state
-                return out
+                return self._load(keys)
+        except StoreError:
+            raise
         except Exception as exc:
             raise StoreError(f"state store at {self.directory} failed: {exc}") from exc
 
     def version(self) -> int:
         try:
-            return int(self._cache.get(_VERSION, default=0))
+            return self._version()
         except Exception as exc:
             raise StoreError(f"state store at {self.directory} failed: {exc}") from exc
 

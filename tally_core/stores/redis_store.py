@@ -9,9 +9,16 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from tally_core._state import LearnParams, Update, apply_updates, new_task_state
+from tally_core._state import LearnParams, Update, new_task_state
 from tally_core.errors import InvalidFieldError, StoreError
-from tally_core.stores.base import StateStore, TaskKey, group_updates
+from tally_core.stores.base import (
+    Committed,
+    StateStore,
+    TaskKey,
+    check_state,
+    fold,
+    group_updates,
+)
 
 __all__ = ["RedisStore"]
 
@@ -88,7 +95,7 @@ class RedisStore(StateStore):
     def _fail(self, exc: Exception) -> StoreError:
         return StoreError(f"redis store at {self.url} failed: {type(exc).__name__}: {exc}")
 
-    def apply(self, batch_id: str, updates: Sequence[Update], params: LearnParams) -> bool:
+    def apply(self, batch_id: str, updates: Sequence[Update], params: LearnParams) -> Committed:
         groups = group_updates(updates)
         keys = list(groups)
         skeys = [self._skey(k) for k in keys]
@@ -99,21 +106,32 @@ class RedisStore(StateStore):
                 for attempt in range(self.max_retries):
                     try:
                         pipe.watch(bkey, *skeys)  # type: ignore[no-untyped-call]
-                        if pipe.exists(bkey):
+                        seen = pipe.get(bkey)
+                        if seen is not None:
                             pipe.unwatch()
-                            return False
+                            return Committed(
+                                False, self._starts(seen), self.load(keys), self.version()
+                            )
                         raw = pipe.mget(skeys) if skeys else []
                         pipe.multi()
+                        starts: dict[TaskKey, float] = {}
+                        out: dict[TaskKey, dict[str, Any]] = {}
                         for skey, blob, key in zip(skeys, raw, keys, strict=True):
-                            state = json.loads(blob) if blob is not None else new_task_state()
-                            apply_updates(state, groups[key], params)
+                            state = self._decode(key, blob) if blob is not None else None
+                            if state is None:
+                                state = new_task_state()
+                            starts[key] = fold(state, groups[key], params, self.url)
+                            out[key] = state
                             pipe.set(skey, json.dumps(state, separators=(",", ":")))
                         if members:
                             pipe.sadd(self._keys, *members)
-                        pipe.set(bkey, 1, ex=_BATCH_TTL_S)
+                        # Remember the clocks the batch started from, so a
+                        # replay still tells where its outcomes landed.
+                        mark = json.dumps([[k[0], k[1], c] for k, c in starts.items()])
+                        pipe.set(bkey, mark, ex=_BATCH_TTL_S)
                         pipe.incr(self._version)
-                        pipe.execute()
-                        return True
+                        result = pipe.execute()
+                        return Committed(True, starts, out, int(result[-1]))
                     except self._redis.WatchError:
                         # Another replica wrote one of these states: read again.
                         time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 20)))
@@ -122,6 +140,23 @@ class RedisStore(StateStore):
                 )
         except self._redis.RedisError as exc:
             raise self._fail(exc) from exc
+
+    @staticmethod
+    def _starts(mark: Any) -> dict[TaskKey, float]:
+        try:
+            return {(str(o), str(t)): float(c) for o, t, c in json.loads(mark)}
+        except (ValueError, TypeError):  # an older version's marker: clocks unknown
+            return {}
+
+    def _decode(self, key: TaskKey, blob: Any) -> dict[str, Any]:
+        try:
+            state = json.loads(blob)
+        except ValueError as exc:
+            raise StoreError(
+                f"redis store at {self.url}: the state of org {key[0]!r}, task type "
+                f"{key[1]!r} is not JSON ({exc})"
+            ) from None
+        return check_state(key, state, self.url)
 
     def load(self, keys: Iterable[TaskKey] | None = None) -> dict[TaskKey, dict[str, Any]]:
         try:
@@ -137,7 +172,9 @@ class RedisStore(StateStore):
             blobs = self._client.mget([self._skey(k) for k in wanted])
         except self._redis.RedisError as exc:
             raise self._fail(exc) from exc
-        return {k: json.loads(b) for k, b in zip(wanted, blobs, strict=True) if b is not None}
+        return {
+            k: self._decode(k, b) for k, b in zip(wanted, blobs, strict=True) if b is not None
+        }
 
     def version(self) -> int:
         try:

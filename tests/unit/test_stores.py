@@ -54,9 +54,41 @@ def test_contract_apply_load_version(store: StateStore) -> None:
 
 
 def test_contract_batch_ids_make_replays_idempotent(store: StateStore) -> None:
-    assert store.apply("same", [upd()], P) is True
-    assert store.apply("same", [upd()], P) is False
-    assert store.load()[("default", "qa-simple")]["clock"] == 1.0
+    first = store.apply("same", [upd(), upd()], P)
+    again = store.apply("same", [upd(), upd()], P)
+    assert first.applied is True and again.applied is False
+    # A replay still says where its outcomes landed, and what the state is.
+    assert dict(again.starts) == dict(first.starts) == {("default", "qa-simple"): 0.0}
+    assert again.states[("default", "qa-simple")]["clock"] == 2.0
+    assert store.load()[("default", "qa-simple")]["clock"] == 2.0
+
+
+def test_contract_apply_returns_what_it_committed(store: StateStore) -> None:
+    from tally_core.stores.base import update_clocks
+
+    store.apply("a", [upd(), upd(task="other")], P)
+    batch = [upd(), upd(task="other"), upd()]
+    got = store.apply("b", batch, P)
+    # The clocks each outcome landed at, from the store, not from a local guess.
+    assert update_clocks(batch, got.starts) == [2.0, 2.0, 3.0]
+    # The states after the batch, equal to what a fresh load reads.
+    assert got.states == store.load([("default", "qa-simple"), ("default", "other")])
+    assert got.version == store.version()
+
+
+def test_contract_a_damaged_state_is_a_store_error_naming_its_key(store: StateStore) -> None:
+    store.apply("a", [upd(task="broken")], P)
+    key = ("default", "broken")
+    if isinstance(store, MemoryStore):
+        store._states[key] = "not a state"  # type: ignore[assignment]
+    elif isinstance(store, DiskStore):
+        store._cache.set("s:default\x1fbroken", {"clock": "x", "cells": {}})
+    else:
+        store._client.set(store._skey(key), b"[1, 2]")
+    with pytest.raises(StoreError, match="org 'default', task type 'broken'.*damaged"):
+        store.load()
+    with pytest.raises(StoreError, match="task type 'broken'"):
+        store.apply("b", [upd(task="broken")], P)
 
 
 def test_contract_load_returns_a_copy(store: StateStore) -> None:
