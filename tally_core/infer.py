@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -36,14 +36,12 @@ from typing import Any
 
 import numpy as np
 
-from tally_core.envelope import KNOWN_TASK_TYPES, normalise_task_type
+from tally_core.envelope import KNOWN_TASK_TYPES, complexity_level, normalise_task_type
 
 __all__ = [
-    "COMPLEXITY_LEVELS",
     "read_complexity_features",
     "CONFIDENCE_THRESHOLD",
     "Inference",
-    "complexity_level",
     "extract_features",
     "infer_fields",
     "infer_task",
@@ -62,7 +60,6 @@ _MAX_PARTS = 8
 # Words of the window that form bigrams (the opening and closing phrase).
 _BIGRAM_WORDS = 24
 CONFIDENCE_THRESHOLD = 0.30
-COMPLEXITY_LEVELS = ("low", "medium", "high")
 
 # Rule groups: word forms (any language) that signal an intent. The model
 # learns how much each group counts for each task type; the groups are what
@@ -275,15 +272,6 @@ class Inference:
     def complexity_level(self) -> str:
         """``low``, ``medium`` or ``high``: the bucket the envelope takes."""
         return complexity_level(self.complexity)
-
-
-def complexity_level(value: float) -> str:
-    """The bucket of a 0-1 complexity score.
-
-    >>> complexity_level(0.1), complexity_level(0.5), complexity_level(0.9)
-    ('low', 'medium', 'high')
-    """
-    return "low" if value < 1 / 3 else ("medium" if value < 2 / 3 else "high")
 
 
 # -- reading messages ---------------------------------------------------------
@@ -661,7 +649,9 @@ def infer_fields(
 
     Only fields the caller did not give are inferred (``task_type``,
     ``complexity`` as a level, so routing keeps its envelope cache); given
-    fields always win. Returns ``({}, ())`` when everything was given.
+    fields always win. A task type read below the confidence threshold is
+    not returned (the caller's default stands), nor is anything for a call
+    with no user text. Returns ``({}, ())`` when there is nothing to add.
 
     >>> infer_fields([{"role": "user", "content": "Translate 'thanks' to Italian"}],
     ...              {"complexity": "high"})
@@ -675,13 +665,10 @@ def infer_fields(
         return {}, ()
     result = infer_task(messages, tools=tools, response_format=response_format, default=default)
     out: dict[str, Any] = {}
-    if "task_type" in want:
+    if not result.guessed:
+        return out, ()  # no user text: nothing was read
+    if "task_type" in want and result.task_type == result.guessed:
         out["task_type"] = normalise_task_type(result.task_type)
     if "complexity" in want:
         out["complexity"] = result.complexity_level
     return out, tuple(out)
-
-
-def known_task_types() -> Iterable[str]:
-    """The task types the model can name (``KNOWN_TASK_TYPES``)."""
-    return KNOWN_TASK_TYPES

@@ -24,6 +24,7 @@ which holds on every LiteLLM version and for streams too.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -207,6 +208,9 @@ class RoutingState:
         (``AUTH_ORG_KEYS`` in the metadata), not what the request body says.
     allow_client_org
         With ``org_from_auth``: let a request's ``metadata.tally.org`` win.
+    infer
+        Read the task type and complexity off the messages when the request
+        does not give them (``tally_core.infer``); False keeps the defaults.
     """
 
     def __init__(
@@ -218,6 +222,7 @@ class RoutingState:
         task_type: str = "general",
         org_from_auth: bool = False,
         allow_client_org: bool = False,
+        infer: bool = True,
     ) -> None:
         if not isinstance(tally, Tally):
             raise InvalidFieldError("tally", f"must be a Tally, got {type(tally).__name__}")
@@ -244,6 +249,9 @@ class RoutingState:
         self.default_envelope = dict(defaults)
         self.org_from_auth = org_from_auth
         self.allow_client_org = allow_client_org
+        if not isinstance(infer, bool):
+            raise InvalidFieldError("infer", f"must be True or False, got {infer!r}")
+        self.infer = infer
         self.router: Any = None
         self.mode: Mode | None = None
         self.attempts = AttemptLog()
@@ -295,9 +303,11 @@ class RoutingState:
 
     def _envelope(
         self, md: Mapping[str, Any], messages: Sequence[Any] | None, kw: Mapping[str, Any]
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """The request's envelope and the fields inferred from its messages."""
         given = md.get(ENVELOPE_KEY)
-        env = request_envelope(self._defaults, given, messages, kw)
+        env, inferred = request_envelope(self._defaults, given, messages, kw,
+                                         infer_task=self.infer)
         if self.org_from_auth:
             auth = next((md[k] for k in AUTH_ORG_KEYS if isinstance(md.get(k), str) and md[k]),
                         None)
@@ -315,7 +325,7 @@ class RoutingState:
                 env["org"] = org
             else:
                 env.pop("org", None)  # an unauthenticated call: the default org
-        return env
+        return env, inferred
 
     def decide(
         self,
@@ -338,7 +348,7 @@ class RoutingState:
                 return None  # a group outside the pool (a fallback hop, say)
             usable = _usable(in_pool, md, cooldowns)
             models = list(dict.fromkeys(n for _, n in usable))
-            env = self._envelope(md, messages, kw)
+            env, inferred = self._envelope(md, messages, kw)
             if set(models) != set(self._index_key):
                 # Only models this group can serve (and has not just failed on).
                 given = env.get("allowed_models")
@@ -346,6 +356,8 @@ class RoutingState:
                     tuple(models) if given is None else tuple(m for m in given if m in models)
                 )
             decision = self.tally.route(env)
+            if inferred:
+                decision = dataclasses.replace(decision, inferred=inferred)
             picks = [d for d, n in usable if n == decision.model]
             if not picks:
                 raise LookupError(f"no deployment in this group serves {decision.model!r}")
