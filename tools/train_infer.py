@@ -114,7 +114,7 @@ def fit_complexity(rows: list[dict[str, Any]]) -> tuple[dict[str, float], float]
     return dict(zip(names, (round(float(v), 5) for v in w), strict=True)), round(bias, 5)
 
 
-def write(rows: list[dict[str, Any]]) -> None:
+def write(rows: list[dict[str, Any]], out: Path = OUT) -> None:
     keep, w, b = fit_classes(rows)
     # Drop features the fit left near zero: smaller file, same decisions.
     strong = np.abs(w).max(axis=1) >= 1e-3
@@ -129,9 +129,9 @@ def write(rows: list[dict[str, Any]]) -> None:
         "bias": [round(float(v), 4) for v in b],
         "complexity": {"weights": cw, "bias": cb, "task_offset": TASK_OFFSET},
     }
-    OUT.write_text(json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n",
+    out.write_text(json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n",
                    encoding="utf-8")
-    print(f"wrote {OUT.relative_to(ROOT)}: {len(data['features'])} features")
+    print(f"wrote {out}: {len(data['features'])} features")
 
 
 def report(path: Path, label: str, show_errors: bool = False) -> None:
