@@ -50,8 +50,8 @@ __all__ = [
 # Characters read from the start and from the end of the last user turn, and
 # from the start of the system prompt: instructions sit at the edges of a
 # turn ("Summarise this: <paste>", "<paste> ... what's wrong here?").
-HEAD_CHARS = 700
-TAIL_CHARS = 300
+HEAD_CHARS = 500
+TAIL_CHARS = 200
 SYSTEM_CHARS = 300
 # Messages looked at from the end for the last user turn (a long agent
 # transcript of tool calls must not cost more than a short chat).
@@ -59,6 +59,7 @@ _LAST_MESSAGES = 16
 _MAX_PARTS = 8
 # Words of the window that form bigrams (the opening and closing phrase).
 _BIGRAM_WORDS = 24
+_TRIGRAM_WORDS = 12
 CONFIDENCE_THRESHOLD = 0.30
 
 # Rule groups: word forms (any language) that signal an intent. The model
@@ -226,7 +227,7 @@ _ASCII_PUNCT = b".,;:!?()[]{}\"`*<>=\\|"
 _BYTE_PUNCT = bytes.maketrans(_ASCII_PUNCT, b" " * len(_ASCII_PUNCT))
 _WIDE_PUNCT = tuple("«»“”‘’¿¡…、。，？！：；（）")
 _CJK = re.compile("[\u2e80-\u9fff\uac00-\ud7af\u3040-\u30ff]")
-_DIGITS = re.compile(r"\d")
+_DIGITS4 = re.compile(r"\d(?:\D*?\d){3}")  # four digits or more
 _ARITH = re.compile(r"\d\s*(?:[-+*/×=x]|times|plus|minus|divided)\s*\d")
 _QUOTED = re.compile("['\"«“‘][^'\"»”’]{1,80}['\"»”’]")
 _CJK_WORDS = tuple(
@@ -402,11 +403,14 @@ def _parts(r: _Read, tools: Any, response_format: Any) -> _Parts:
     raw = r.user
     words = _words(raw)
     edge = words[:_BIGRAM_WORDS] + words[-_BIGRAM_WORDS // 2 :] if words else []
-    pairs = {a + " " + b for a, b in zip(edge, edge[1:], strict=False)}
-    grams = pairs | {a + " " + b + " " + c
-                     for a, b, c in zip(edge, edge[1:], edge[2:], strict=False)}
+    pairs = set(map(" ".join, zip(edge, edge[1:], strict=False)))
+    # Three-word phrases ("how are you") open a turn: only the first words.
+    opening = edge[:_TRIGRAM_WORDS]
+    grams = pairs.union(map(" ".join, zip(opening, opening[1:], opening[2:], strict=False)))
     flags: list[str] = []
-    if any(a in _INTO and b in _LANGS for a, b in zip(edge, edge[1:], strict=False)):
+    if not _INTO.isdisjoint(edge) and not _LANGS.isdisjoint(edge) and any(
+        a in _INTO and b in _LANGS for a, b in zip(edge, edge[1:], strict=False)
+    ):
         flags.append("k:tolang")  # "into German", "en anglais", "ins Französische"
     # Structure: what the turn looks like, not what it says.
     if "```" in raw:
@@ -427,11 +431,12 @@ def _parts(r: _Read, tools: Any, response_format: Any) -> _Parts:
             flags.extend(dict.fromkeys(g for key, g in _CJK_WORDS if key in start))
         else:
             flags.append("x:accents")
-    if len(_DIGITS.findall(raw[:300])) >= 4:
+    lead = raw[:300]
+    if _DIGITS4.search(lead):
         flags.append("x:digits")
-    if _ARITH.search(raw[:300]):
+    if _ARITH.search(lead):
         flags.append("x:arith")
-    if _QUOTED.search(raw[:300]):
+    if _QUOTED.search(lead):
         flags.append("x:quoted")
     n = len(words)
     flags.append("x:len" + ("0" if n <= 4 else "1" if n <= 15 else "2" if n <= 40 else "3"))
@@ -466,14 +471,11 @@ def _names(p: _Parts) -> list[str]:
 
 def _rows(p: _Parts, m: _Model) -> list[int]:
     """The model rows of the parts' features: ``_names`` without building names."""
-    rows: set[int] = set()
     wr, gr, sr = m.word_rows, m.gram_rows, m.sys_rows
-    for w in p.ws & wr.keys():
-        rows.update(wr[w])
-    for g in p.grams & gr.keys():
-        rows.update(gr[g])
-    for w in p.sw & sr.keys():
-        rows.update(sr[w])
+    rows = {i for w in p.ws & m.word_keys for i in wr[w]}
+    rows.update([i for g in p.grams & m.gram_keys for i in gr[g]])
+    if p.sw:
+        rows.update([i for w in p.sw & m.sys_keys for i in sr[w]])
     index = m.index
     if (i := index.get("f:" + p.first)) is not None:
         rows.add(i)
@@ -539,6 +541,11 @@ class _Model:
     word_rows: dict[str, tuple[int, ...]]
     gram_rows: dict[str, tuple[int, ...]]
     sys_rows: dict[str, tuple[int, ...]]
+    word_keys: frozenset[str]
+    gram_keys: frozenset[str]
+    sys_keys: frozenset[str]
+    n_signals: int  # rows below this are rule and structure features
+    signal_weights: tuple[tuple[float, ...], ...]  # per class, the signal rows' weights
 
 
 def _row_map(
@@ -554,12 +561,21 @@ def _row_map(
     return out
 
 
+_SIGNAL_PREFIXES = ("k:", "sk:", "x:")
+
+
 @lru_cache(maxsize=1)
 def _model() -> _Model:
     path = resources.files("tally_core").joinpath("data/infer_model.json")
     data = json.loads(path.read_text(encoding="utf-8"))
     feats = data["features"]
     index = {f: i for i, f in enumerate(feats)}
+    word_rows = _row_map(index, "w:", _GROUP_WORDS, "")
+    gram_rows = _row_map(index, "b:", _GROUP_PHRASES, "")
+    sys_rows = _row_map(index, "s:", _GROUP_WORDS, "s")
+    signals = {i: f for f, i in index.items() if f.startswith(_SIGNAL_PREFIXES)}
+    if signals and max(signals) != len(signals) - 1:
+        raise ValueError("infer_model.json: rule and structure features must come first")
     return _Model(
         classes=tuple(data["classes"]),
         index=index,
@@ -569,10 +585,17 @@ def _model() -> _Model:
         c_weights={k: float(v) for k, v in data["complexity"]["weights"].items()},
         c_bias=float(data["complexity"]["bias"]),
         c_task={k: float(v) for k, v in data["complexity"]["task_offset"].items()},
-        signals={i: f for f, i in index.items() if f.startswith(("k:", "sk:", "x:"))},
-        word_rows=_row_map(index, "w:", _GROUP_WORDS, ""),
-        gram_rows=_row_map(index, "b:", _GROUP_PHRASES, ""),
-        sys_rows=_row_map(index, "s:", _GROUP_WORDS, "s"),
+        signals=signals,
+        word_rows=word_rows,
+        gram_rows=gram_rows,
+        sys_rows=sys_rows,
+        word_keys=frozenset(word_rows),
+        gram_keys=frozenset(gram_rows),
+        sys_keys=frozenset(sys_rows),
+        n_signals=len(signals),
+        signal_weights=tuple(
+            tuple(float(v) for v in col) for col in np.asarray(data["weights"])[: len(signals)].T
+        ),
     )
 
 
@@ -617,17 +640,17 @@ def infer_task(
     model = _model()
     p = _parts(r, tools, response_format)
     idx = _rows(p, model)
-    logits = model.bias + (model.weights.take(idx, axis=0).sum(axis=0) if idx else 0.0)
-    best = int(np.argmax(logits))
-    shifted = np.exp(logits - logits[best])
-    confidence = float(1.0 / shifted.sum())
+    scores = model.bias + model.weights.take(idx, axis=0).sum(axis=0) if idx else model.bias
+    logits: list[float] = scores.tolist()
+    top = max(logits)
+    best = logits.index(top)
+    confidence = 1.0 / sum(math.exp(v - top) for v in logits)
     guessed = model.classes[best]
     cut = model.threshold if threshold is None else threshold
     task = guessed if confidence >= cut else default
     # The rule features that pushed the winner most: names, never text.
-    row = model.weights[:, best]
-    sig = model.signals
-    named = [(float(row[i]), sig[i]) for i in idx if i in sig]
+    ns, sig, row = model.n_signals, model.signals, model.signal_weights[best]
+    named = [(row[i], sig[i]) for i in idx if i < ns]
     named.sort(reverse=True)
     signals = tuple(f for w, f in named[:3] if w > 0)
     cf = complexity_features(r, p, _count_tools(tools))
