@@ -32,11 +32,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
-from tally_core.envelope import KNOWN_TASK_TYPES, complexity_level, normalise_task_type
+from tally_core.envelope import complexity_level, normalise_task_type
 
 __all__ = [
     "read_complexity_features",
@@ -45,6 +46,7 @@ __all__ = [
     "extract_features",
     "infer_fields",
     "infer_task",
+    "preload",
 ]
 
 # Characters read from the start and from the end of the last user turn, and
@@ -566,6 +568,10 @@ _SIGNAL_PREFIXES = ("k:", "sk:", "x:")
 
 @lru_cache(maxsize=1)
 def _model() -> _Model:
+    # numpy and the weights load on the first call, not on import: importing
+    # an adapter must stay cheap.
+    import numpy as np
+
     path = resources.files("tally_core").joinpath("data/infer_model.json")
     data = json.loads(path.read_text(encoding="utf-8"))
     feats = data["features"]
@@ -597,6 +603,11 @@ def _model() -> _Model:
             tuple(float(v) for v in col) for col in np.asarray(data["weights"])[: len(signals)].T
         ),
     )
+
+
+def preload() -> None:
+    """Load the model now (numpy and ~170 KB of weights) rather than on the first call."""
+    _model()
 
 
 def _count_tools(tools: Any) -> int:

@@ -41,6 +41,7 @@ from tally_core import Envelope, InvalidFieldError, RouteDecision, Tally
 from tally_core.adapters import OnceLog, error_class, grade
 from tally_core.catalog import load_price_map
 from tally_core.envelope import coerce_envelope, normalise_task_type
+from tally_core.infer import preload as preload_inference
 from tally_litellm import _host
 from tally_litellm._attempts import Attempt, AttemptLog, RoutedBy
 from tally_litellm._deployments import DeploymentIndex, _price_map_name
@@ -252,6 +253,8 @@ class RoutingState:
         if not isinstance(infer, bool):
             raise InvalidFieldError("infer", f"must be True or False, got {infer!r}")
         self.infer = infer
+        if infer:
+            preload_inference()  # the first routed call must not pay for loading it
         self.router: Any = None
         self.mode: Mode | None = None
         self.attempts = AttemptLog()

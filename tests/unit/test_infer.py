@@ -31,7 +31,7 @@ def call_of(row: dict[str, Any]) -> dict[str, Any]:
         row["p"])
     return {
         "messages": messages,
-        "tools": [{"type": "function", "function": {"name": "record"}}] if row.get("tools") else None,
+        "tools": [{"type": "function", "function": {"name": "r"}}] if row.get("tools") else None,
         "response_format": {"type": "json_object"} if row.get("json") else None,
     }
 
@@ -44,13 +44,14 @@ PER_TYPE = {
     "summarisation": "Summarise the following report in three bullet points for my manager.",
     "classification": "Classify the sentiment of this tweet as positive, negative or neutral.",
     "extraction": "Extract every date and invoice number from the text below.",
-    "reasoning": "If a train leaves at 3pm going 60 km/h, when has it covered 150 km? Step by step.",
+    "reasoning": "If a train leaves at 3pm going 60 km/h, when has it gone 150 km? Step by step.",
     "translation": "Translate this sentence into Portuguese: 'The shop closes at six.'",
     "formatting": "Convert this comma separated list into a markdown table with two columns.",
     "conversation": "hey! how was your weekend?",
     "qa-simple": "What is the capital of Canada?",
     "creative-writing": "Write a short poem about the sea at night.",
-    "data-analysis": "Here is our monthly revenue table. Which months are outliers and is there a trend?",
+    "data-analysis": "Here is our monthly revenue table. Which months are outliers, "
+                     "and is there a trend?",
     "architecture-design": "How should we design a scalable notification service with retries "
                            "and per-user preferences?",
 }
@@ -239,3 +240,31 @@ def test_the_shipped_model_is_what_the_training_script_builds(tmp_path: Path) ->
     assert built["features"] == shipped["features"]
     assert np.allclose(built["weights"], shipped["weights"], atol=2e-4)
     assert built["complexity"] == shipped["complexity"]
+
+
+def test_explain_and_to_dict_name_the_inferred_fields() -> None:
+    import dataclasses
+
+    from tally_core import Tally
+
+    tally = Tally(["gpt-4o-mini", "gpt-4o"], fallback="gpt-4o", store=":memory:", seed=1)
+    try:
+        d = tally.route(task_type="translation", complexity="low")
+        assert d.inferred == () and "inferred" not in d.explain()
+        d = dataclasses.replace(d, inferred=("task_type", "complexity"))
+        assert "inferred from the messages: task_type=translation, complexity=low" in d.explain()
+        assert d.to_dict()["inferred"] == ["task_type", "complexity"]
+    finally:
+        tally.close()
+
+
+def test_envelope_complexity_accepts_a_score_or_a_level() -> None:
+    from tally_core import Envelope, InvalidFieldError
+
+    assert Envelope(task_type="qa", complexity=0.2).complexity_level == "low"
+    assert Envelope(task_type="qa", complexity=" High ").complexity_level == "high"
+    assert Envelope(task_type="qa").complexity_level is None
+    for bad in (1.5, -0.1, float("nan"), True, "extreme", [0.5]):
+        with pytest.raises(InvalidFieldError) as info:
+            Envelope(task_type="qa", complexity=bad)
+        assert info.value.field == "complexity" and "low, medium, high" in str(info.value)
