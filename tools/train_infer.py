@@ -163,6 +163,8 @@ def report(path: Path, label: str, show_errors: bool = False) -> None:
     print(f"{label}: top-1 {hit}/{len(rows)} = {hit / len(rows):.1%} "
           f"(fell back to default: {fell}); complexity pairs {ok}/{len(pairs)} "
           f"= {ok / len(pairs):.1%}")
+    total = Counter(r["t"] for r in rows)
+    print("    per type: " + ", ".join(f"{t} {per[t]}/{total[t]}" for t in KNOWN_TASK_TYPES))
     if show_errors:  # never for the held-out part: its errors must not steer tuning
         for (t, g), n in confusions.most_common(8):
             print(f"    {t} -> {g}: {n}")
