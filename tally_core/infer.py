@@ -229,9 +229,9 @@ _ASCII_PUNCT = b".,;:!?()[]{}\"`*<>=\\|"
 _BYTE_PUNCT = bytes.maketrans(_ASCII_PUNCT, b" " * len(_ASCII_PUNCT))
 _WIDE_PUNCT = tuple("«»“”‘’¿¡…、。，？！：；（）")
 _CJK = re.compile("[\u2e80-\u9fff\uac00-\ud7af\u3040-\u30ff]")
-_DIGITS4 = re.compile(r"\d(?:\D*?\d){3}")  # four digits or more
 _ARITH = re.compile(r"\d\s*(?:[-+*/×=x]|times|plus|minus|divided)\s*\d")
-_QUOTED = re.compile("['\"«“‘][^'\"»”’]{1,80}['\"»”’]")
+# An opening quote (not an apostrophe inside a word), a short span, a close.
+_QUOTED = re.compile("(?<!\\w)['\"«“‘][^'\"»”’\\n]{1,80}['\"»”’]")
 _CJK_WORDS = tuple(
     (key, "k:" + group)
     for group, keys in {
@@ -434,9 +434,11 @@ def _parts(r: _Read, tools: Any, response_format: Any) -> _Parts:
         else:
             flags.append("x:accents")
     lead = raw[:300]
-    if _DIGITS4.search(lead):
+    lead_bytes = lead.encode("utf-8", "surrogatepass")
+    digits = len(lead_bytes) - len(lead_bytes.translate(None, b"0123456789"))
+    if digits >= 4:
         flags.append("x:digits")
-    if _ARITH.search(lead):
+    if digits >= 2 and _ARITH.search(lead):
         flags.append("x:arith")
     if _QUOTED.search(lead):
         flags.append("x:quoted")
