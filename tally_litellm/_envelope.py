@@ -7,7 +7,7 @@ its text: the envelope is what Tally stores.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from tally_core import Envelope, InvalidFieldError
@@ -124,6 +124,7 @@ def request_envelope(
     request_kwargs: Mapping[str, Any],
     *,
     infer_task: bool = True,
+    on_infer_error: Callable[[BaseException], None] | None = None,
 ) -> tuple[dict[str, Any], tuple[str, ...]]:
     """The envelope for one request, as a mapping ``Tally.route`` accepts, and
     the names of the fields inferred from its messages.
@@ -133,7 +134,9 @@ def request_envelope(
     and complexity read off the messages (``tally_core.infer``, unless
     ``infer_task`` is False; a low-confidence read keeps the default task
     type), then what the caller gave in ``metadata["tally"]``: a mapping of
-    envelope fields, an ``Envelope``, or a task type string.
+    envelope fields, an ``Envelope``, or a task type string. Inference that
+    fails is skipped (``on_infer_error`` hears of it): the call is routed
+    on the rest.
 
     >>> env, inferred = request_envelope({"task_type": "general"}, None,
     ...     [{"role": "user", "content": "Translate 'good night' into Italian."}], {})
@@ -162,11 +165,16 @@ def request_envelope(
     inferred: tuple[str, ...] = ()
     if infer_task and messages:
         tools = request_kwargs.get("tools") or request_kwargs.get("functions")
-        guess, inferred = infer_fields(
-            messages, fields, tools=tools,
-            response_format=request_kwargs.get("response_format"),
-            default=str(defaults.get("task_type", "general")),
-        )
+        try:
+            guess, inferred = infer_fields(
+                messages, fields, tools=tools,
+                response_format=request_kwargs.get("response_format"),
+                default=str(defaults.get("task_type", "general")),
+            )
+        except Exception as exc:  # a message shape nobody foresaw: route without it
+            if on_infer_error is not None:
+                on_infer_error(exc)
+            guess, inferred = {}, ()
         data.update(guess)
     data.update(fields)
     return _hashable(data), inferred

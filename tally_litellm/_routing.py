@@ -310,7 +310,8 @@ class RoutingState:
         """The request's envelope and the fields inferred from its messages."""
         given = md.get(ENVELOPE_KEY)
         env, inferred = request_envelope(self._defaults, given, messages, kw,
-                                         infer_task=self.infer)
+                                         infer_task=self.infer,
+                                         on_infer_error=self._infer_failed)
         if self.org_from_auth:
             auth = next((md[k] for k in AUTH_ORG_KEYS if isinstance(md.get(k), str) and md[k]),
                         None)
@@ -329,6 +330,11 @@ class RoutingState:
             else:
                 env.pop("org", None)  # an unauthenticated call: the default org
         return env, inferred
+
+    def _infer_failed(self, exc: BaseException) -> None:
+        # The class only: a message or traceback could quote the prompt.
+        self.once.error("infer", "tally: inferring the task type failed (%s); routing "
+                        "without it", type(exc).__name__)
 
     def decide(
         self,

@@ -126,3 +126,25 @@ def test_no_prompt_text_reaches_a_stored_file_or_a_log(tmp_path: Path,
     assert files
     for path in files:
         assert canary.encode() not in path.read_bytes(), path
+
+
+def test_inference_that_fails_routes_the_call_anyway(monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    import tally_litellm._envelope as envelope_module
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the prompt was: secret-words")
+
+    monkeypatch.setattr(envelope_module, "infer_fields", broken)
+    msgs = [{"role": "user", "content": "Translate 'hello' into Greek."}]
+    with installed(task_type="summarisation") as (router, tally, strategy):
+        with caplog.at_level(logging.DEBUG, logger="tally_litellm"):
+            infos = [get_decision(router.completion(model="auto", messages=msgs))
+                     for _ in range(3)]
+        assert strategy.flush()
+        for info in infos:
+            assert (info["routed_by"], info["task_type"], info["inferred"]) == (
+                "tally", "summarisation", [])
+        assert strategy.errors == {"infer": 3}
+        assert all("secret-words" not in r.getMessage() for r in caplog.records)
+        assert len(rows(tally)) == 3
