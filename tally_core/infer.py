@@ -52,16 +52,16 @@ __all__ = [
 # Characters read from the start and from the end of the last user turn, and
 # from the start of the system prompt: instructions sit at the edges of a
 # turn ("Summarise this: <paste>", "<paste> ... what's wrong here?").
-HEAD_CHARS = 500
-TAIL_CHARS = 200
+HEAD_CHARS = 400
+TAIL_CHARS = 150
 SYSTEM_CHARS = 300
 # Messages looked at from the end for the last user turn (a long agent
 # transcript of tool calls must not cost more than a short chat).
 _LAST_MESSAGES = 16
 _MAX_PARTS = 8
 # Words of the window that form bigrams (the opening and closing phrase).
-_BIGRAM_WORDS = 24
-_TRIGRAM_WORDS = 12
+_BIGRAM_WORDS = 16
+_TRIGRAM_WORDS = 10
 CONFIDENCE_THRESHOLD = 0.30
 
 # Rule groups: word forms (any language) that signal an intent. The model
@@ -216,6 +216,7 @@ _GROUP_WORDS = _vocab(_GROUPS, "k:")
 _LANGS = frozenset(_GROUPS["lang"].split())
 _INTO = frozenset("in into to from en al a ins auf nach vers para".split())
 _COMPLEXITY_WORDS = _vocab(_COMPLEXITY_CUES, "")
+_COMPLEXITY_KEYS = frozenset(_COMPLEXITY_WORDS)
 _GROUP_PHRASES: dict[str, tuple[str, ...]] = {}
 for _name, _alts in _PHRASES.items():
     for _p in _alts.split("|"):
@@ -230,8 +231,9 @@ _BYTE_PUNCT = bytes.maketrans(_ASCII_PUNCT, b" " * len(_ASCII_PUNCT))
 _WIDE_PUNCT = tuple("«»“”‘’¿¡…、。，？！：；（）")
 _CJK = re.compile("[\u2e80-\u9fff\uac00-\ud7af\u3040-\u30ff]")
 _ARITH = re.compile(r"\d\s*(?:[-+*/×=x]|times|plus|minus|divided)\s*\d")
-# An opening quote (not an apostrophe inside a word), a short span, a close.
-_QUOTED = re.compile("(?<!\\w)['\"«“‘][^'\"»”’\\n]{1,80}['\"»”’]")
+# An opening quote (after a space, a colon or a bracket: not an apostrophe
+# inside a word), a short span, a close.
+_QUOTED = re.compile("[\\s:(\\[]['\"«“‘][^'\"»”’\\n]{1,80}['\"»”’]")
 _CJK_WORDS = tuple(
     (key, "k:" + group)
     for group, keys in {
@@ -440,7 +442,7 @@ def _parts(r: _Read, tools: Any, response_format: Any) -> _Parts:
         flags.append("x:digits")
     if digits >= 2 and _ARITH.search(lead):
         flags.append("x:arith")
-    if _QUOTED.search(lead):
+    if _QUOTED.search(" " + lead):  # the space: a quote that opens the turn
         flags.append("x:quoted")
     n = len(words)
     flags.append("x:len" + ("0" if n <= 4 else "1" if n <= 15 else "2" if n <= 40 else "3"))
@@ -503,7 +505,7 @@ def _json_format(response_format: Any) -> bool:
 def complexity_features(r: _Read, p: _Parts, n_tools: int) -> dict[str, float]:
     """The complexity model's inputs: numbers about the turn, never its text."""
     out: dict[str, float] = dict.fromkeys(_COMPLEXITY_CUES, 0.0)
-    for w in p.ws & _COMPLEXITY_WORDS.keys():
+    for w in p.ws & _COMPLEXITY_KEYS:
         for name in _COMPLEXITY_WORDS[w]:
             out[name] += 1.0
     for k in _COMPLEXITY_CUES:

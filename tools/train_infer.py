@@ -170,6 +170,34 @@ def report(path: Path, label: str, show_errors: bool = False) -> None:
             print(f"    {t} -> {g}: {n}")
 
 
+# Neutral pasted material for the long-prompt check: prose with no task in it.
+FILLER = (
+    "The quarterly town hall took place in the main auditorium on a rainy Thursday. "
+    "Around two hundred people attended in person and many more joined remotely. "
+    "The facilities team had rearranged the seating, and coffee ran out early. "
+    "Several departments shared updates on hiring, office moves and the new parking "
+    "arrangements, and the session closed with a short video from the regional teams. "
+)
+
+
+def report_long(path: Path, label: str, chars: int = 8_000) -> None:
+    """Accuracy when each prompt sits before, or after, ``chars`` of pasted prose."""
+    from tally_core import infer
+
+    rows = load(path)
+    pad = (FILLER * (chars // len(FILLER) + 1))[:chars]
+    for where in ("instruction first", "instruction last"):
+        hit = 0
+        for r in rows:
+            call = call_of(r)
+            user = call["messages"][-1]
+            text = r["p"] + "\n\n" + pad if where == "instruction first" else pad + "\n\n" + r["p"]
+            call["messages"][-1] = {**user, "content": text}
+            hit += infer.infer_task(**call).task_type == r["t"]
+        print(f"{label}, {where}, {chars:,} chars of pasted prose: top-1 {hit}/{len(rows)} "
+              f"= {hit / len(rows):.1%}")
+
+
 def cross_validate(
     rows: list[dict[str, Any]], l2: float, thresholds: tuple[float, ...], k: int = 5,
     prune: float = 0.0,
@@ -211,6 +239,7 @@ def main() -> None:
     if args.report:
         report(TUNE, "tune (trained on)", show_errors=True)
         report(HOLDOUT, "held-out (never fitted)")
+        report_long(HOLDOUT, "held-out")
 
 
 if __name__ == "__main__":
