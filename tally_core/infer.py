@@ -45,6 +45,7 @@ __all__ = [
     "Inference",
     "extract_features",
     "infer_fields",
+    "infer_complexity",
     "infer_task",
     "preload",
 ]
@@ -502,16 +503,16 @@ def _json_format(response_format: Any) -> bool:
     return False
 
 
-def complexity_features(r: _Read, p: _Parts, n_tools: int) -> dict[str, float]:
+def complexity_features(r: _Read, ws: set[str], n_words: int, n_tools: int) -> dict[str, float]:
     """The complexity model's inputs: numbers about the turn, never its text."""
     out: dict[str, float] = dict.fromkeys(_COMPLEXITY_CUES, 0.0)
-    for w in p.ws & _COMPLEXITY_KEYS:
+    for w in ws & _COMPLEXITY_KEYS:
         for name in _COMPLEXITY_WORDS[w]:
             out[name] += 1.0
     for k in _COMPLEXITY_CUES:
         out[k] = math.log1p(out[k])
     head = r.user[:HEAD_CHARS]
-    out["c:words"] = math.log1p(p.n)
+    out["c:words"] = math.log1p(n_words)
     out["c:chars"] = math.log1p(r.user_chars) / 10.0
     out["c:commas"] = math.log1p(head.count(",") + head.count(";"))
     out["c:ands"] = math.log1p(head.count(" and ") + head.count(" with ") + head.count(" then "))
@@ -525,7 +526,8 @@ def read_complexity_features(
 ) -> dict[str, float]:
     """``complexity_features`` of a call (for ``tools/train_infer.py``)."""
     r = _read(messages)
-    return complexity_features(r, _parts(r, tools, response_format), _count_tools(tools))
+    words = _words(r.user)
+    return complexity_features(r, set(words), len(words), _count_tools(tools))
 
 
 # -- the model --------------------------------------------------------------------
@@ -668,11 +670,31 @@ def infer_task(
     named = [(row[i], sig[i]) for i in idx if i < ns]
     named.sort(reverse=True)
     signals = tuple(f for w, f in named[:3] if w > 0)
-    cf = complexity_features(r, p, _count_tools(tools))
-    z = model.c_bias + model.c_task.get(guessed, 0.0)
-    z += sum(model.c_weights.get(k, 0.0) * v for k, v in cf.items())
-    complexity = 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
+    complexity = _complexity(model, r, p.ws, p.n, tools, guessed)
     return Inference(task, round(confidence, 4), round(complexity, 4), signals, guessed)
+
+
+def _complexity(
+    model: _Model, r: _Read, ws: set[str], n_words: int, tools: Any, task_type: str
+) -> float:
+    cf = complexity_features(r, ws, n_words, _count_tools(tools))
+    z = model.c_bias + model.c_task.get(task_type, 0.0)
+    z += sum(model.c_weights.get(k, 0.0) * v for k, v in cf.items())
+    return 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
+
+
+def infer_complexity(messages: Any, task_type: str, *, tools: Any = None) -> float | None:
+    """Complexity 0-1 of a call whose task type is known (cheaper than ``infer_task``:
+    no classification). None when there is no user text.
+
+    >>> infer_complexity([{"role": "user", "content": "hi"}], "conversation") < 0.34
+    True
+    """
+    r = _read(messages)
+    if not r.user.strip():
+        return None
+    words = _words(r.user)
+    return round(_complexity(_model(), r, set(words), len(words), tools, task_type), 4)
 
 
 def infer_fields(
@@ -701,6 +723,17 @@ def infer_fields(
     want = [f for f in ("task_type", "complexity") if given.get(f) is None]
     if not want:
         return {}, ()
+    known = given.get("task_type")
+    if want == ["complexity"] and isinstance(known, str):
+        # The task type is given: it sets the prior, and nothing is classified.
+        try:
+            task = normalise_task_type(known)
+        except ValueError:
+            return {}, ()  # the envelope will reject it, naming the field
+        score = infer_complexity(messages, task, tools=tools)
+        if score is None:
+            return {}, ()
+        return {"complexity": complexity_level(score)}, ("complexity",)
     result = infer_task(messages, tools=tools, response_format=response_format, default=default)
     out: dict[str, Any] = {}
     if not result.guessed:

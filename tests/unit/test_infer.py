@@ -268,3 +268,17 @@ def test_envelope_complexity_accepts_a_score_or_a_level() -> None:
         with pytest.raises(InvalidFieldError) as info:
             Envelope(task_type="qa", complexity=bad)
         assert info.value.field == "complexity" and "low, medium, high" in str(info.value)
+
+
+def test_complexity_of_a_given_task_type_skips_classification() -> None:
+    from tally_core.infer import infer_complexity
+
+    msgs = user("How should we shard the orders table across regions?")
+    hard, light = infer_complexity(msgs, "architecture-design"), infer_complexity(msgs, "qa-simple")
+    assert hard is not None and light is not None and 0 <= light < hard <= 1
+    assert infer_complexity([], "qa-simple") is None
+    fields, inferred = infer_fields(msgs, {"task_type": "architecture-design"})
+    assert inferred == ("complexity",)
+    assert fields["complexity"] == infer.complexity_level(hard)
+    # A task type the envelope will reject: nothing inferred, the envelope names the field.
+    assert infer_fields(msgs, {"task_type": "not a type!"}) == ({}, ())
