@@ -157,7 +157,11 @@ def main() -> None:
     ap.add_argument("--no-micro", action="store_true", help="skip the deployment-pick loop")
     ap.add_argument("--no-infer", action="store_true",
                     help="TallyStrategy(infer=False): no task type read off the messages")
+    ap.add_argument("--no-task-type", action="store_true",
+                    help="calls give no task_type: the zero-configuration case")
     args = ap.parse_args()
+    if args.no_task_type:
+        META["tally"].pop("task_type", None)
 
     base = litellm.Router(model_list=model_list(), num_retries=0)  # simple-shuffle
     tallied = litellm.Router(model_list=model_list(), num_retries=0)
