@@ -592,18 +592,23 @@ def report(
     task_type: str | None = typer.Option(None, help="Only this task type."),
     model: str | None = typer.Option(None, help="Only this model."),
     by: str = typer.Option("auto", help="Time buckets: auto, day, hour or minute."),
-    format: str = typer.Option("table", "--format", "-f", help="table, json or csv."),
+    format: str = typer.Option(
+        "table", "--format", "-f", help="table, json, csv or html (one self-contained file)."
+    ),
 ) -> None:
     """Cost, calls, tokens, latency, errors and quality by model, org, task type and time.
 
     Also the model mix and the quality of each (task type, model) over time.
+    --format html writes one self-contained page (inline charts, no script) to mail.
 
     Examples: tally report | tally report --since 2025-06-01 --by day |
-    tally report --org acme --task-type code-debug --format json > report.json
+    tally report --org acme --task-type code-debug --format json > report.json |
+    tally report --org acme --format html > report.html
     """
     from tally_core import reports
 
-    fmt = _choice(format, ("table", "json", "csv"))
+    fmt = _choice(format, ("table", "json", "csv", "html"))
+    sv = None
     by_ = _choice(by, reports.TIME_BUCKETS, "--by")
     ledger = _open_ledger(store)
     try:
@@ -616,11 +621,17 @@ def report(
             model=model,
             by=by_,  # type: ignore[arg-type]
         )
+        if fmt == "html" and model is None:  # savings compare every model of the slice
+            sv = reports.savings(ledger, since=since, until=until, org=org, task_type=task_type)
     except TallyError as exc:
         raise _bad_input(exc) from None
     finally:
         ledger.close()
-    if fmt == "json":
+    if fmt == "html":
+        from tally_core.report_html import render_html
+
+        sys.stdout.write(render_html(rep, sv, where=str(_store_path(store)[0])))
+    elif fmt == "json":
         _print_json(rep.to_dict())
     elif fmt == "csv":
         sys.stdout.write(_report_csv(rep))
@@ -1040,6 +1051,53 @@ def pricing(
         "[dim]in force since: when the store's ledger recorded this price (UTC); calls keep "
         "the price in force at their time.[/dim]"
     )
+
+
+# -- dashboard (tally_core.dashboard; the `dashboard` extra) ---------------------
+
+
+@app.command()
+def dashboard(
+    store: str | None = typer.Option(None, help=_STORE_HELP),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (loopback unless --allow-remote)."),
+    port: int = typer.Option(8765, min=1, max=65535, help="Port to listen on."),
+    org: str | None = typer.Option(
+        None, help="Serve this org only (default: every org, one at a time)."
+    ),
+    allow_remote: bool = typer.Option(
+        False,
+        "--allow-remote",
+        help="Allow a non-loopback --host (no login: anyone who reaches it reads the call log).",
+    ),
+    fallback: str | None = typer.Option(
+        None, help="The premium model savings compare with (default: the holdout calls' model)."
+    ),
+) -> None:
+    """A local, read-only web dashboard over the store: overview, task types, calls, savings.
+
+    Also a JSON API (/api/report, /api/savings, /api/calls, /api/stats/TASK).
+    Needs the dashboard extra: pip install 'tally-router[dashboard]'.
+
+    Examples: tally dashboard | tally dashboard --store ./tally-store --port 9000
+    """
+    from tally_core import dashboard as dash
+
+    where, _ = _store_path(store)
+    try:
+        dash.check_host(host, allow_remote=allow_remote)
+        dash.require_extra()
+    except TallyError as exc:
+        raise _bad_input(exc) from None
+    except ImportError as exc:
+        raise _fail(str(exc)) from None
+    if not (where / _LEDGER).is_file():
+        raise _fail(f"no Tally store at {where} (no {_LEDGER}); pass --store DIR or set TALLY_HOME")
+    try:
+        dash.serve(
+            where, host=host, port=port, org=org, allow_remote=allow_remote, fallback=fallback
+        )
+    except TallyError as exc:
+        raise _fail(str(exc)) from None
 
 
 @app.command(

@@ -63,6 +63,7 @@ __all__ = [
     "refresh_prices",
     "report",
     "savings",
+    "t_quantile",
 ]
 
 TimeBucket = Literal["auto", "day", "hour", "minute"]
@@ -512,7 +513,7 @@ _SAVINGS_COLS = (
 )
 
 
-def _t_quantile(p: float, df: float) -> float:
+def t_quantile(p: float, df: float) -> float:
     """Student's t quantile: Cornish-Fisher expansion (within 0.1% for df >= 3),
     exact for 1 and 2 degrees of freedom; df below 3 round down (wider)."""
     if not math.isfinite(df) or df > 1e6:
@@ -584,7 +585,7 @@ def _welch(
             comps.append((c, m.n))
     denom = sum(c * c / (n - 1) for c, n in comps)
     df = var * var / denom if denom > 0 else math.inf
-    half = _t_quantile(0.5 + confidence / 2, df) * math.sqrt(var)
+    half = t_quantile(0.5 + confidence / 2, df) * math.sqrt(var)
     return diff, center - half, center + half, df
 
 

@@ -17,6 +17,7 @@ import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ from tally_core._state import (
     arm_view,
 )
 from tally_core.catalog import Catalog, ModelSpec, store_price_map
+from tally_core.compliance import OrgPolicies
 from tally_core.decision import Dropped, RouteDecision
 from tally_core.envelope import Envelope, coerce_envelope, parse_task_type
 from tally_core.errors import (
@@ -42,6 +44,7 @@ from tally_core.ledger import Ledger
 from tally_core.policy.bandit import FloorBandit
 from tally_core.policy.base import Candidate, Plan, Policy
 from tally_core.policy.floor import prob_clears
+from tally_core.shadow import ShadowPair, Shadows, ShadowSpec, shadow_report
 from tally_core.stores.base import StateStore, TaskKey
 from tally_core.stores.disk import DiskStore
 from tally_core.stores.memory import MemoryStore
@@ -185,6 +188,15 @@ class Tally:
         it at once on the caller's thread (simulations, tests).
     ledger
         A path, ``":memory:"``, a ``Ledger``, or None for the store's default.
+    org_policies
+        Compliance rules per org: ``{"eu-team": {"allowed_providers": ["azure"]}}``
+        (``allowed_models`` too). Every call of that org is narrowed to them,
+        fallback, holdout and shadows included; a call they leave nothing for
+        raises ``NoCandidateError`` naming the org and the rule
+        (``tally_core.compliance``).
+    otel
+        ``True`` or a ``tally_core.otel.OTelExporter``: an OpenTelemetry
+        GenAI span per recorded call (the ``otel`` extra). Off by default.
 
     The ``confidence`` of a decision is the posterior probability that the
     chosen model's quality for this task type and context is at or above the
@@ -221,6 +233,8 @@ class Tally:
         error_cooldown: int = 50,
         max_queue: int = 100_000,
         refresh_interval_s: float = 1.0,
+        org_policies: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
+        otel: Any = False,
     ) -> None:
         self.catalog = Catalog(
             models,
@@ -236,6 +250,12 @@ class Tally:
         if fallback not in self.catalog:
             self.catalog.add(fallback)
         self.fallback = fallback
+        # OpenTelemetry export (tally_core.otel): nothing is imported when off.
+        self._otel = None
+        if otel:
+            from tally_core.otel import exporter_for
+
+            self._otel = exporter_for(otel, self.catalog, fallback)
         self.policy = (
             policy if policy is not None else FloorBandit(confidence=confidence, explore=explore)
         )
@@ -251,6 +271,7 @@ class Tally:
         self.error_cooldown = error_cooldown
         self.refresh_interval_s = refresh_interval_s
         self.seed = seed
+        self.org_policies = OrgPolicies(org_policies)
         self._draws = _Draws(seed)
         self._windows = self._context_windows()
 
@@ -300,6 +321,7 @@ class Tally:
         self._last_refresh = 0.0
         self._closed = False
         self._flush_waiters: list[Callable[[float | None], bool]] = []
+        self.shadows = Shadows(seed)
         self._refresh(full=True)
 
         self._queue = TelemetryQueue(
@@ -394,7 +416,7 @@ class Tally:
 
     def _envelope(self, envelope: Any, fields: dict[str, Any]) -> Envelope:
         if isinstance(envelope, Envelope) and not fields:
-            return envelope
+            return self.org_policies.apply(envelope) if self.org_policies else envelope
         if envelope is None:
             data: Mapping[str, Any] = fields
         elif isinstance(envelope, Envelope):
@@ -409,10 +431,11 @@ class Tally:
             ck: Any = tuple(data.items())
             hash(ck)
         except TypeError:
-            return coerce_envelope(data)
+            return self.org_policies.apply(coerce_envelope(data))
         env = self._env_cache.get(ck)
         if env is None:
-            env = coerce_envelope(data)
+            # Narrowed to the org's compliance rules before it is cached or used.
+            env = self.org_policies.apply(coerce_envelope(data))
             if len(self._env_cache) > 4096:
                 self._env_cache.clear()
             self._env_cache[ck] = env
@@ -481,9 +504,12 @@ class Tally:
                 continue
             cands.append(Candidate(name, cost, view))
         if not allowed_any:
+            rules = self.org_policies.describe(env.org)
             raise NoCandidateError(
                 "allowed_models" if env.allowed_models is not None else "allowed_providers",
-                "no model in the pool is allowed; pool: " + ", ".join(self.catalog.names),
+                "no model in the pool is allowed"
+                + (f" for org {env.org!r} (its rules: {rules})" if rules else "")
+                + "; pool: " + ", ".join(self.catalog.names),
             )
         fallback = self.fallback
         fb = self.catalog[fallback]
@@ -572,6 +598,8 @@ class Tally:
             **d,
         }
         event["local"] = d["phase"] is not None and d["decision_id"] in self._recent
+        if self._otel is not None:
+            self._otel.capture(event["event_id"])
         self._queue.put(event)
         return str(event["event_id"])
 
@@ -818,6 +846,8 @@ class Tally:
                         self._reported.add(d.decision_id)
                         self._unpend(d)
             self._age_out()
+        if self._otel is not None:  # the OTel hook: once the batch is applied
+            self._otel.export(rows)
 
     def _unpend(self, d: RouteDecision) -> None:
         pending = self._pending.get((d.org, d.task_type))
@@ -1120,6 +1150,48 @@ class Tally:
 
     def _context_windows(self) -> list[int]:
         return sorted({s.context_window for s in self.catalog if s.context_window})
+
+    # -- shadow tests ---------------------------------------------------------
+
+    def shadow(
+        self,
+        candidate: str | ModelSpec | Mapping[str, Any],
+        *,
+        sample: float = 0.1,
+        task_types: Iterable[str] | None = None,
+        until: datetime | float | None = None,
+    ) -> ShadowSpec:
+        """Send a copy of a ``sample`` share of calls to ``candidate`` in the background.
+
+        The adapters make the copies after the user's call has been answered
+        and record each as a decision pinned to the candidate (tags
+        ``shadow``, ``shadow-of:<id>``), so its outcomes are evidence for it.
+        A candidate not in the pool is added (a ``ModelSpec`` or a price-map
+        name). ``until``: a datetime or unix time when it stops by itself.
+        See ``tally_core.shadow``.
+        """
+        if self._closed:
+            raise ClosedError("this Tally is closed")
+        name = candidate.name if isinstance(candidate, ModelSpec) else (
+            str(candidate["name"]) if isinstance(candidate, Mapping) else candidate)
+        if not isinstance(name, str) or not name:
+            raise InvalidFieldError("candidate", "must be a model name or a ModelSpec")
+        if name not in self.catalog:
+            self.add_model(candidate)
+        return self.shadows.start(name, sample=sample, task_types=task_types, until=until)
+
+    def stop_shadow(self, candidate: str) -> bool:
+        """Stop a shadow test (its recorded outcomes stay); False if none ran."""
+        return self.shadows.stop(candidate)
+
+    def shadow_report(
+        self, *, org: str | None = None, task_type: str | None = None
+    ) -> list[ShadowPair]:
+        """Each shadow test's paired figures per task type: quality difference with a 95%
+        CI, cost and latency deltas (``tally_core.shadow.shadow_report``)."""
+        self._ready_for_reports()
+        task = parse_task_type(task_type) if task_type is not None else None
+        return shadow_report(self.ledger.rows(org=org, task_type=task))
 
     def add_model(self, model: str | ModelSpec | Mapping[str, Any]) -> None:
         """Add a model to the pool; it starts in calibration."""

@@ -6,25 +6,28 @@ LangChain call, so it does O(1) work and never raises into the chain.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
-import re
-import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 from langchain_core.messages import BaseMessage
+from langchain_core.outputs import ChatGeneration, LLMResult
 
 from tally_core import Tally
+from tally_core.adapters import OnceLog, error_class, run_sync
 
 __all__ = [
     "DEFAULT_TASK_TYPE",
+    "MIDDLEWARE_CALL",
     "TALLY_MODEL_KEY",
     "LogOnce",
     "Scorer",
     "error_name",
+    "first_message",
     "llm_output_tokens",
+    "result_tokens",
     "aoutcome",
     "outcome",
     "send_telemetry",
@@ -37,6 +40,9 @@ DEFAULT_TASK_TYPE = "general"
 # ChatTally puts this key in its child run's metadata; TallyCallbackHandler
 # skips runs that carry it, because ChatTally has already recorded them.
 TALLY_MODEL_KEY = "tally_model"
+# Set while a TallyMiddleware model call runs (to the handler observing its
+# chat-model runs); TallyCallbackHandler skips those runs, already recorded.
+MIDDLEWARE_CALL: ContextVar[Any] = ContextVar("tally_langchain_attempts", default=None)
 
 Scorer = Callable[
     [Sequence[BaseMessage], BaseMessage],
@@ -46,43 +52,34 @@ Scorer = Callable[
 a quality in 0-1, True/False for pass/fail, or None for no grade (the call
 then counts by success alone, until ``tally.feedback`` says otherwise)."""
 
-_BAD_ERROR_CHARS = re.compile(r"[^A-Za-z0-9_.:/-]+")
 
 
-class LogOnce:
-    """Logs the first failure of each kind at WARNING, later ones at DEBUG.
+class LogOnce(OnceLog):
+    """``tally_core.adapters.OnceLog`` on the ``tally.langchain`` logger, called as
+    ``warn(kind, message, exc)``: the first failure of each kind at WARNING, the
+    rest counted (at DEBUG).
 
     Adapters fail open: an error in Tally must be visible without flooding
     the log of an application that makes thousands of calls a minute.
     """
 
     def __init__(self) -> None:
-        self._seen: set[str] = set()
-        self._lock = threading.Lock()
-        self.counts: dict[str, int] = {}
+        super().__init__(log)
 
     def __call__(self, kind: str, message: str, exc: BaseException | None = None) -> None:
-        with self._lock:
-            first = kind not in self._seen
-            self._seen.add(kind)
-            self.counts[kind] = self.counts.get(kind, 0) + 1
         detail = f"{message}: {type(exc).__name__}: {exc}" if exc is not None else message
-        if first:
-            log.warning("%s (logged once; later ones at DEBUG)", detail)
-        else:
-            log.debug("%s", detail)
+        self.error(kind, "%s", detail[:2000])
 
 
 def error_name(exc: BaseException) -> str:
-    """The error's class name, in the form ``Tally.telemetry`` accepts.
-
-    Never the message: messages can quote the prompt.
+    """The error's class name, in the form ``Tally.telemetry`` accepts
+    (``tally_core.adapters.error_class``). Never the message: messages can quote
+    the prompt.
 
     >>> error_name(TimeoutError("the prompt was ..."))
     'TimeoutError'
     """
-    name = _BAD_ERROR_CHARS.sub("_", type(exc).__name__).strip("_") or "Error"
-    return name[:120]
+    return error_class(exc)
 
 
 def usage_tokens(message: Any) -> tuple[int | None, int | None]:
@@ -103,6 +100,25 @@ def llm_output_tokens(llm_output: Mapping[str, Any] | None) -> tuple[int | None,
     inp = usage.get("prompt_tokens", usage.get("input_tokens"))
     out = usage.get("completion_tokens", usage.get("output_tokens"))
     return _count(inp), _count(out)
+
+
+def result_tokens(
+    message: Any, llm_output: Mapping[str, Any] | None
+) -> tuple[int | None, int | None]:
+    """Tokens from the message's ``usage_metadata``, else from the legacy ``llm_output``."""
+    tokens = usage_tokens(message)
+    if tokens == (None, None):
+        tokens = llm_output_tokens(llm_output)
+    return tokens
+
+
+def first_message(response: LLMResult) -> BaseMessage | None:
+    """The message of a chat-model run's first generation, or None."""
+    try:
+        gen = response.generations[0][0]
+    except IndexError:
+        return None
+    return gen.message if isinstance(gen, ChatGeneration) else None
 
 
 def _count(value: Any) -> int | None:
@@ -131,7 +147,7 @@ def outcome(
     try:
         score = scorer(list(messages or ()), message)
         if inspect.isawaitable(score):
-            score = _run_sync(score)
+            score = run_sync(score)
     except Exception as exc:
         warn("scorer", "tally_langchain: the scorer raised; the call counts by success alone", exc)
         return {"success": True}
@@ -170,21 +186,6 @@ def _graded(score: Any, warn: LogOnce) -> dict[str, Any]:
         f"got {type(score).__name__}; the call counts by success alone",
     )
     return {"success": True}
-
-
-def _run_sync(awaitable: Awaitable[Any]) -> Any:
-    """Await an async scorer from sync code, which has no running event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-
-        async def wait() -> Any:
-            return await awaitable
-
-        return asyncio.run(wait())
-    if inspect.iscoroutine(awaitable):
-        awaitable.close()
-    raise RuntimeError("an async scorer cannot run in a sync callback on a running event loop")
 
 
 def send_telemetry(tally: Tally, warn: LogOnce, decision: Any, **fields: Any) -> None:

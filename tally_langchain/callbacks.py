@@ -14,21 +14,22 @@ from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage
-from langchain_core.outputs import ChatGeneration, LLMResult
+from langchain_core.outputs import LLMResult
 from langchain_core.tracers.context import register_configure_hook
 
 from tally_core import InvalidFieldError, Tally
 from tally_core.envelope import normalise_task_type
 from tally_langchain._common import (
     DEFAULT_TASK_TYPE,
+    MIDDLEWARE_CALL,
     TALLY_MODEL_KEY,
     LogOnce,
     Scorer,
     error_name,
-    llm_output_tokens,
+    first_message,
     outcome,
+    result_tokens,
     send_telemetry,
-    usage_tokens,
 )
 
 __all__ = ["AutoTelemetry", "TallyCallbackHandler", "auto_telemetry"]
@@ -166,6 +167,8 @@ class TallyCallbackHandler(BaseCallbackHandler):
             md = metadata or {}
             if TALLY_MODEL_KEY in md:
                 return  # a ChatTally child: ChatTally records it
+            if MIDDLEWARE_CALL.get() is not None:
+                return  # inside a TallyMiddleware model call, which records it
             params = kwargs.get("invocation_params")
             if isinstance(params, Mapping) and params.get("_type") == "tally":
                 return  # ChatTally's own run on the legacy generate() path
@@ -206,10 +209,8 @@ class TallyCallbackHandler(BaseCallbackHandler):
             return
         try:
             latency_ms = (time.perf_counter() - run.started) * 1000.0
-            message = _first_message(response)
-            tin, tout = usage_tokens(message)
-            if tin is None and tout is None:
-                tin, tout = llm_output_tokens(response.llm_output)
+            message = first_message(response)
+            tin, tout = result_tokens(message, response.llm_output)
             fields = outcome(self.scorer, run.messages, message, self._warn)
             self._send(run, latency_ms=latency_ms, input_tokens=tin, output_tokens=tout, **fields)
         except Exception as exc:
@@ -259,14 +260,6 @@ def _served_model(metadata: Mapping[str, Any], serialized: Mapping[str, Any] | N
     if isinstance(ident, list) and ident and isinstance(ident[-1], str):
         return ident[-1]
     return "unknown"
-
-
-def _first_message(response: LLMResult) -> BaseMessage | None:
-    try:
-        gen = response.generations[0][0]
-    except IndexError:
-        return None
-    return gen.message if isinstance(gen, ChatGeneration) else None
 
 
 # -- auto_telemetry ------------------------------------------------------------

@@ -1,17 +1,17 @@
 """ChatTally: a LangChain chat model that routes each call through Tally.
 
-Each call builds an envelope (the shape of the task, never its content),
-asks ``tally.route()`` for a model, and hands the whole call -- input, config,
-callbacks, stop, bound tools -- to that child chat model. The child runs as a
-normal LangChain run nested under ChatTally's own (chain) run, so tracing,
-streaming callbacks and usage handlers see exactly one chat-model run per
-call. When the call ends, ChatTally sends telemetry (tokens, latency, success
-or the error's class, the scorer's quality) joined to the decision by id.
+ChatTally is built the way LangChain's partner chat models are: it overrides
+``_generate`` and ``_stream`` (and their async twins) only, so ``invoke``,
+``stream``, ``batch``, callbacks, caching and tracing are LangChain's own.
+Each call builds an envelope (the shape of the task, never its content), asks
+``tally.route()`` for a child model (``_routing.Pool``), and has that child
+produce the answer inside ChatTally's run: one chat-model run per call.
+When the call ends, ChatTally sends telemetry (tokens, latency, success or
+the error's class, the scorer's quality) joined to the decision by id.
 """
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import threading
 import time
@@ -24,44 +24,62 @@ from typing import Any, cast
 
 from langchain_core.callbacks import (
     AsyncCallbackManager,
-    AsyncCallbackManagerForChainRun,
     AsyncCallbackManagerForLLMRun,
+    BaseCallbackHandler,
     CallbackManager,
-    CallbackManagerForChainRun,
     CallbackManagerForLLMRun,
 )
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
+from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, BaseMessageChunk
-from langchain_core.messages.utils import count_tokens_approximately
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableConfig
-from langchain_core.runnables.config import ensure_config, merge_configs
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
 from langchain_core.tools import BaseTool
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from tally_core import Envelope, InvalidFieldError, RouteDecision, Tally
+from tally_core.cascade import Cascade, CascadeRun
 from tally_langchain._common import (
-    DEFAULT_TASK_TYPE,
     TALLY_MODEL_KEY,
     LogOnce,
     Scorer,
     aoutcome,
-    error_name,
     outcome,
-    send_telemetry,
+    result_tokens,
     usage_tokens,
+)
+from tally_langchain._routing import (
+    Planned,
+    Pool,
+    envelope_dict,
+    failed,
+    invalid_field,
+    ms_since,
+    name_models,
+    stamp,
+    stamped,
 )
 
 __all__ = ["ChatTally", "collect_decisions"]
 
 # Extra bind_tools() arguments (parallel_tool_calls, strict, ...) travel under
-# this key so they reach the chosen child's bind_tools(), not its invoke().
+# this key so they reach the chosen child's bind_tools(), not its _generate().
 _BIND_TOOLS_KWARGS = "tally_bind_tools_kwargs"
-_CANCELLED = (GeneratorExit, KeyboardInterrupt, asyncio.CancelledError)
+# with_structured_output's binding is marked so _generate sees it: BaseChatModel
+# strips ls_structured_output_format (tracing only) before calling _generate.
+_STRUCTURED = "tally_structured_output"
+# Tracing-only keyword arguments BaseChatModel strips before _generate.
+_TRACING_KWARGS = ("ls_structured_output_format", "structured_output_format")
 
 _decision_sink: ContextVar[list[RouteDecision] | None] = ContextVar(
     "tally_langchain_decisions", default=None
+)
+# BaseChatModel.stream() calls _stream without the run manager, so the call's
+# config metadata (the per-call envelope) is caught as ChatTally's run starts.
+_UNSET: Any = object()  # no per-call envelope override
+_run_metadata: ContextVar[dict[str, Any] | None] = ContextVar(
+    "tally_langchain_run_metadata", default=None
 )
 
 
@@ -87,19 +105,43 @@ def collect_decisions() -> Iterator[list[RouteDecision]]:
         _decision_sink.reset(token)
 
 
+class _RunStart(BaseCallbackHandler):
+    """Catches the metadata of ChatTally's own run as it starts (see ``_run_metadata``)."""
+
+    run_inline = True
+    raise_error = False
+
+    def __repr__(self) -> str:
+        return "TallyRunStart()"
+
+    def on_chat_model_start(
+        self,
+        serialized: dict[str, Any],
+        messages: list[list[BaseMessage]],
+        *,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        params = kwargs.get("invocation_params")
+        if isinstance(params, Mapping) and params.get("_type") == "tally":
+            _run_metadata.set(dict(metadata or {}))
+
+
+_RUN_START = _RunStart()
+
+
 @dataclass(slots=True)
 class _Call:
-    """One routed call: what was chosen and what to report when it ends."""
+    """One routed call: the plan, the child that answers, and how to call it."""
 
-    decision: RouteDecision | None
-    name: str
+    planned: Planned
+    child: BaseChatModel
+    # The child's bound arguments (formatted tools, tool_choice) when it can be
+    # called directly; None when its bind_tools() returned something else.
+    kwargs: dict[str, Any] | None
     runnable: Runnable[LanguageModelInput, Any]
-    kwargs: dict[str, Any]
     stop: list[str] | None
     messages: list[BaseMessage]
-    meta: dict[str, Any]
-    task_type: str
-    org: str
 
 
 class ChatTally(BaseChatModel):
@@ -136,10 +178,23 @@ class ChatTally(BaseChatModel):
         ``with_structured_output``, ``context_length`` from the messages.
     stop
         Default stop sequences for calls that give none.
+    cascade
+        A ``tally_core.cascade.Cascade``: each call tries a cheap child first
+        and escalates, inside the one chat-model call, while its answer fails
+        the cascade's checks (the last tier's answer is accepted). Every tier's
+        try is its own Tally decision, graded by the checks; the answer's
+        ``response_metadata["tally"]["cascade"]`` says which tier answered,
+        after how many tries, at what total cost. A cascade call answers in
+        one chunk when streamed (checks need the whole answer).
 
     Sampling parameters (temperature, max tokens, timeouts, retries) belong
-    on the child models; ChatTally ignores them, as LangChain ignores any
-    argument a chat model does not define.
+    on the child models. The chosen child answers inside ChatTally's own run
+    (one chat-model run per call, so usage and tracing count it once):
+    callbacks, cache and tags set on ChatTally apply; a child's own
+    callbacks and cache do not, its rate limiter does.
+
+    ``ChatTally.from_models(["openai:gpt-4o-mini", ...])`` builds the children
+    with ``init_chat_model`` and the Tally pool from the same names.
 
     A per-call ``model="<name>"`` keyword pins the call to that child (still
     recorded as a Tally decision). The decision is on the returned message:
@@ -167,11 +222,9 @@ class ChatTally(BaseChatModel):
     scorer: Scorer | None = Field(default=None, exclude=True)
     infer_envelope: bool = True
     stop: list[str] | None = None
+    cascade: Cascade | None = Field(default=None, exclude=True)
 
-    _default: dict[str, Any] = PrivateAttr(default_factory=dict)
-    _no_tools: frozenset[str] = PrivateAttr(default=frozenset())
-    _windows: dict[str, int] = PrivateAttr(default_factory=dict)
-    _pool_extra: bool = PrivateAttr(default=False)
+    _pool: Pool = PrivateAttr()
     _warn: LogOnce = PrivateAttr(default_factory=LogOnce)
     _bound: OrderedDict[tuple[str, int], tuple[Any, ...]] = PrivateAttr(
         default_factory=OrderedDict
@@ -182,71 +235,19 @@ class ChatTally(BaseChatModel):
         try:
             super().__init__(**kwargs)
         except ValidationError as exc:
-            raise _invalid_field(exc) from None
+            raise invalid_field(exc, "ChatTally") from None
 
     # -- construction --------------------------------------------------------
 
     @field_validator("models", mode="before")
     @classmethod
     def _name_models(cls, value: Any) -> Any:
-        if isinstance(value, Mapping):
-            for name, model in value.items():
-                if not isinstance(name, str) or not isinstance(model, BaseChatModel):
-                    raise InvalidFieldError(
-                        "models",
-                        "must map model names to LangChain chat models, "
-                        f"got {name!r}: {type(model).__name__}",
-                    )
-            return dict(value)
-        if isinstance(value, (list, tuple)):
-            named: dict[str, BaseChatModel] = {}
-            for model in value:
-                if not isinstance(model, BaseChatModel):
-                    raise InvalidFieldError(
-                        "models", f"must hold LangChain chat models, got {type(model).__name__}"
-                    )
-                name = model._get_ls_params().get("ls_model_name")
-                if not isinstance(name, str) or not name:
-                    raise InvalidFieldError(
-                        "models",
-                        f"cannot tell the model name of {type(model).__name__}; "
-                        "pass a dict {name: chat_model}",
-                    )
-                if name in named:
-                    raise InvalidFieldError("models", f"two chat models are named {name!r}")
-                named[name] = model
-            return named
-        raise InvalidFieldError(
-            "models", f"must be a dict of name -> chat model, got {type(value).__name__}"
-        )
+        return name_models(value)
 
     @model_validator(mode="after")
     def _check_pool(self) -> ChatTally:
-        if not isinstance(self.tally, Tally):
-            raise InvalidFieldError("tally", f"must be a Tally, got {type(self.tally).__name__}")
-        if not self.models:
-            raise InvalidFieldError("models", "needs at least one chat model")
-        pool = set(self.tally.catalog.names)
-        unknown = sorted(set(self.models) - pool)
-        if unknown:
-            raise InvalidFieldError(
-                "models",
-                f"{', '.join(map(repr, unknown))} not in the Tally pool "
-                f"({', '.join(self.tally.catalog.names)}); name each chat model as the pool does",
-            )
-        if self.tally.fallback not in self.models:
-            raise InvalidFieldError(
-                "models", f"no chat model for the fallback {self.tally.fallback!r}"
-            )
-        default = dict(self.envelope)
-        default.setdefault("task_type", DEFAULT_TASK_TYPE)
-        Envelope(**default)  # raises InvalidFieldError naming the bad field
-        self._default = default
-        self._pool_extra = bool(pool - set(self.models))
-        self._no_tools = frozenset(n for n, m in self.models.items() if not _can_call_tools(m))
-        self._windows = {
-            n: w for n, m in self.models.items() if (w := _max_input_tokens(m)) is not None
-        }
+        self._pool = Pool(self.tally, self.models, self.envelope, self._warn, self.infer_envelope)
+        self.callbacks = _with_run_start(self.callbacks)
         return self
 
     @field_validator("envelope", mode="before")
@@ -261,6 +262,58 @@ class ChatTally(BaseChatModel):
                 "envelope", f"must be a mapping or an Envelope, got {type(value).__name__}"
             )
         return dict(value)
+
+    @classmethod
+    def from_models(
+        cls,
+        models: Sequence[str],
+        *,
+        fallback: str | None = None,
+        tally: Tally | None = None,
+        **kwargs: Any,
+    ) -> ChatTally:
+        """A ChatTally over ``init_chat_model`` children, named LiteLLM-style.
+
+        Each ``"provider:model"`` (``"openai:gpt-4o-mini"``) becomes a child
+        built by LangChain's ``init_chat_model`` (its provider package must be
+        installed) and the pool name ``"provider/model"``, which Tally prices
+        from LiteLLM's price map. ``fallback`` is one of ``models``, in either
+        spelling (default: the priciest). Pass ``tally`` to route with your own
+        ``Tally`` (its pool must hold the names); other keyword arguments go
+        to ``ChatTally``.
+        """
+        try:
+            from langchain.chat_models import init_chat_model
+        except ImportError as exc:
+            raise ImportError(
+                "ChatTally.from_models needs the 'langchain' package: "
+                "pip install 'tally-router[langchain]'"
+            ) from exc
+        if isinstance(models, str) or not isinstance(models, Sequence) or not models:
+            raise InvalidFieldError("models", "must be a non-empty list of 'provider:model' names")
+        children: dict[str, BaseChatModel] = {}
+        spelled: dict[str, str] = {}
+        for spec in models:
+            provider, sep, model = spec.partition(":") if isinstance(spec, str) else ("", "", "")
+            if not sep or not provider or not model:
+                raise InvalidFieldError(
+                    "models", f"each model must be 'provider:model' (as init_chat_model takes), "
+                    f"got {spec!r}"
+                )
+            name = f"{provider}/{model}"
+            try:
+                children[name] = init_chat_model(model, model_provider=provider)
+            except ImportError as exc:
+                raise ImportError(f"{spec!r} needs its LangChain provider package: {exc}") from exc
+            spelled[spec] = spelled[name] = name
+        if fallback is not None and fallback not in spelled:
+            raise InvalidFieldError(
+                "fallback", f"must be one of models, got {fallback!r}"
+            )
+        fb = spelled[fallback] if fallback is not None else None
+        if tally is None:
+            tally = Tally(list(children), fallback=fb)
+        return cls(tally=tally, models=children, **kwargs)
 
     # -- LangChain identity --------------------------------------------------
 
@@ -299,6 +352,7 @@ class ChatTally(BaseChatModel):
         sof = kwargs.pop("ls_structured_output_format", None)
         if sof is not None:
             bound["ls_structured_output_format"] = sof
+            bound[_STRUCTURED] = True
         if kwargs:
             bound[_BIND_TOOLS_KWARGS] = kwargs
         return self.bind(**bound)
@@ -334,13 +388,22 @@ class ChatTally(BaseChatModel):
 
     # -- routing -------------------------------------------------------------
 
-    def _plan(
+    def _route(
         self,
-        input: LanguageModelInput,
-        metadata: Mapping[str, Any] | None,
+        messages: list[BaseMessage],
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
         kwargs: Mapping[str, Any],
         stop: list[str] | None,
+        per_call: Any = _UNSET,
     ) -> _Call:
+        # Read once, then cleared: a value left over from an earlier call
+        # must never reach a later one.
+        caught = _run_metadata.get()
+        if caught is not None:
+            _run_metadata.set(None)
+        metadata = run_manager.metadata if run_manager is not None else caught
+        if per_call is not _UNSET:
+            metadata = {"tally": per_call}
         kw = dict(kwargs)
         pin = kw.pop("model", None)
         if pin is not None and pin not in self.models:
@@ -352,132 +415,60 @@ class ChatTally(BaseChatModel):
         tool_choice = kw.pop("tool_choice", None) if tools else None
         extra = kw.pop(_BIND_TOOLS_KWARGS, None) or {}
         sof = kw.pop("ls_structured_output_format", None)
-        messages = self._convert_input(input).to_messages()
-        env: dict[str, Any] = self._default
-        decision: RouteDecision | None = None
-        name = pin or self.tally.fallback
-        try:
-            env = self._envelope_for(metadata, messages, tools, sof, pin)
-            decision = self.tally.route(env)
-            name = decision.model
-            if name not in self.models:
-                self._warn(
-                    "unserved",
-                    f"tally_langchain: Tally chose {name!r}, which has no chat model here; "
-                    f"using {self.tally.fallback!r}",
-                )
-                name = pin or self.tally.fallback
-        except Exception as exc:
-            decision, name = None, self._fail_open_model(env, pin)
-            self._warn(
-                "route", f"tally_langchain: routing failed; using {name!r} (fail open)", exc
-            )
-        if tools:
-            runnable = self._bind_child(name, tools, tool_choice, extra, sof)
-        else:
-            runnable = self.models[name]
-            if sof is not None:
-                kw["ls_structured_output_format"] = sof
-        if decision is not None:
-            meta: dict[str, Any] = {
-                "decision_id": decision.decision_id,
-                "model": name,
-                "phase": decision.phase,
-                "confidence": round(decision.confidence, 6),
-                "task_type": decision.task_type,
-            }
+        structured = bool(kw.pop(_STRUCTURED, False)) or sof is not None
+        planned = self._pool.plan(
+            metadata.get("tally") if metadata else None,
+            messages,
+            tools=len(tools or ()),
+            structured=structured,
+            pin=pin,
+        )
+        if planned.decision is not None:
             sink = _decision_sink.get()
             if sink is not None:
-                sink.append(decision)
-        else:
-            meta = {"decision_id": None, "model": name, "phase": "fallback", "routed": False}
-        task_type, org = env.get("task_type"), env.get("org")
+                sink.append(planned.decision)
+        child = self.models[planned.name]
+        runnable: Runnable[LanguageModelInput, Any] = child
+        bound: dict[str, Any] | None = {}
+        if tools:
+            runnable = self._bind_child(planned.name, tools, tool_choice, extra, sof)
+            bound = _bound_kwargs(runnable, child)
+        if bound is not None:
+            for key in _TRACING_KWARGS:
+                bound.pop(key, None)
+            bound.update(kw)
         return _Call(
-            decision=decision,
-            name=name,
+            planned=planned,
+            child=child,
+            kwargs=bound,
             runnable=runnable,
-            kwargs=kw,
             stop=stop if stop is not None else (self.stop or None),
             messages=messages,
-            meta=meta,
-            task_type=task_type if isinstance(task_type, str) else self._default["task_type"],
-            org=org if isinstance(org, str) else "default",
         )
 
-    def _fail_open_model(self, env: Mapping[str, Any], pin: str | None) -> str:
-        """The fallback, unless the call's ``allowed_models`` exclude it."""
-        if pin is not None:
-            return pin
-        fallback = self.tally.fallback
-        allowed = env.get("allowed_models")
-        if isinstance(allowed, str):
-            allowed = (allowed,)
-        if isinstance(allowed, (list, tuple, set, frozenset)) and fallback not in allowed:
-            served = sorted(str(n) for n in allowed if n in self.models)
-            if served:
-                return served[0]
-        return fallback
-
-    def _envelope_for(
+    def _should_stream(
         self,
-        metadata: Mapping[str, Any] | None,
-        messages: list[BaseMessage],
-        tools: list[Any] | None,
-        sof: Any,
-        pin: str | None,
-    ) -> dict[str, Any]:
-        env = dict(self._default)
-        per_call = metadata.get("tally") if metadata else None
-        if per_call is not None:
-            if isinstance(per_call, Envelope):
-                per_call = per_call.model_dump(exclude_unset=True)
-            elif isinstance(per_call, str):
-                per_call = {"task_type": per_call}
-            if not isinstance(per_call, Mapping):
-                raise InvalidFieldError(
-                    "metadata.tally",
-                    f"must be a mapping of envelope fields, got {type(per_call).__name__}",
-                )
-            env.update(per_call)
-        if self.infer_envelope:
-            if tools and "tools_used" not in env:
-                env["tools_used"] = len(tools)
-            if sof is not None and "structure_type" not in env:
-                env["structure_type"] = "json"
-            if "context_length" not in env:
-                env["context_length"] = count_tokens_approximately(messages)
-        allowed = self._allowed(env, tools, pin)
-        if allowed is not None:
-            env["allowed_models"] = allowed
-        return env
+        *,
+        async_api: bool,
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> bool:
+        # With a run manager (invoke, an agent's model call), _generate streams
+        # the child itself and reports each token to that run; BaseChatModel
+        # would call _stream without it, and without the call's metadata.
+        if run_manager is not None:
+            return False
+        return super()._should_stream(async_api=async_api, **kwargs)
 
-    def _allowed(
-        self, env: Mapping[str, Any], tools: list[Any] | None, pin: str | None
-    ) -> tuple[str, ...] | None:
-        """Restrict the pool to children that can take this call, or None."""
-        if pin is not None:
-            ok = {pin}
-        else:
-            ok = set(self.models)
-            # Each filter applies only if it leaves a model: otherwise Tally's
-            # own filters and the fallback decide.
-            if tools and self._no_tools and (ok - self._no_tools):
-                ok -= self._no_tools
-            tokens = env.get("context_length")
-            if self._windows and isinstance(tokens, int) and not isinstance(tokens, bool):
-                small = {n for n, w in self._windows.items() if w < tokens}
-                if small and (ok - small):
-                    ok -= small
-            if (
-                len(ok) == len(self.models)
-                and not self._pool_extra
-                and env.get("allowed_models") is None
-            ):
-                return None
-        user = env.get("allowed_models")
-        if user is not None:
-            ok &= {user} if isinstance(user, str) else set(user)
-        return tuple(sorted(ok))
+    def _streams(
+        self,
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
+        async_api: bool,
+        kwargs: Mapping[str, Any],
+    ) -> bool:
+        return run_manager is not None and super()._should_stream(
+            async_api=async_api, run_manager=run_manager, **kwargs
+        )
 
     # -- telemetry -----------------------------------------------------------
 
@@ -488,66 +479,22 @@ class ChatTally(BaseChatModel):
         fields: Mapping[str, Any],
         tokens: tuple[int | None, int | None],
     ) -> None:
-        """Report the call's outcome: O(1), and never raises into the chain."""
-        try:
-            d = call.decision
-            if d is not None:
-                where: dict[str, Any] = {"model": call.name if call.name != d.model else None}
-            else:
-                where = {"model": call.name, "task_type": call.task_type, "org": call.org}
-            send_telemetry(
-                self.tally,
-                self._warn,
-                d,
-                input_tokens=tokens[0],
-                output_tokens=tokens[1],
-                latency_ms=latency_ms,
-                **where,
-                **fields,
-            )
-        except Exception as err:
-            self._warn("telemetry", "tally_langchain: telemetry was not recorded", err)
+        self._pool.finish(call.planned, latency_ms, fields, tokens)
 
-    def _graded(self, call: _Call, message: BaseMessage | None) -> dict[str, Any]:
-        return outcome(self.scorer, call.messages, message, self._warn)
+    # -- the child's answer ----------------------------------------------------
 
-    async def _agraded(self, call: _Call, message: BaseMessage | None) -> dict[str, Any]:
-        return await aoutcome(self.scorer, call.messages, message, self._warn)
-
-    # -- configs -------------------------------------------------------------
-
-    def _own_config(self, config: RunnableConfig | None) -> RunnableConfig:
-        """The caller's config plus ChatTally's own callbacks, tags and metadata."""
-        extra: RunnableConfig = {}
-        if self.callbacks:
-            extra["callbacks"] = self.callbacks
-        if self.tags:
-            extra["tags"] = self.tags
-        if self.metadata and set(self.metadata) != {"lc_versions"}:
-            extra["metadata"] = self.metadata
-        # ensure_config first: a call made without a config inherits the
-        # enclosing run's config from the context, callbacks included.
-        return merge_configs(ensure_config(config), extra) if extra else ensure_config(config)
-
-    @staticmethod
-    def _tally_metadata(call: _Call) -> dict[str, Any]:
-        return {
-            TALLY_MODEL_KEY: call.name,
-            "tally_decision_id": call.meta["decision_id"],
-            "tally_phase": call.meta["phase"],
-        }
-
-    def _child_config(self, config: RunnableConfig, call: _Call) -> RunnableConfig:
-        child = config.copy()
-        child["metadata"] = {**(config.get("metadata") or {}), **self._tally_metadata(call)}
-        return child
-
-    def _legacy_config(
+    def _child_config(
         self,
         run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
         call: _Call,
     ) -> RunnableConfig:
-        config: RunnableConfig = {"metadata": self._tally_metadata(call)}
+        """For a child called through its public API: nested under ChatTally's run."""
+        config: RunnableConfig = {
+            "metadata": {
+                TALLY_MODEL_KEY: call.planned.name,
+                "tally_decision_id": call.planned.meta["decision_id"],
+            }
+        }
         if run_manager is not None:
             # LLM run managers have no get_child(): build what it would return.
             manager: CallbackManager | AsyncCallbackManager
@@ -561,161 +508,81 @@ class ChatTally(BaseChatModel):
             config["callbacks"] = manager
         return config
 
-    # -- the public call paths: the whole call goes to the child ------------
+    def _child_result(
+        self, call: _Call, run_manager: CallbackManagerForLLMRun | None
+    ) -> ChatResult:
+        if call.kwargs is None:
+            message = call.runnable.invoke(
+                call.messages, self._child_config(run_manager, call), stop=call.stop
+            )
+            return ChatResult(generations=[ChatGeneration(message=message)])
+        if call.child.rate_limiter is not None:
+            call.child.rate_limiter.acquire(blocking=True)
+        # The child's own run manager would be ChatTally's: its tokens are
+        # reported by ChatTally when it streams (see _generate).
+        return call.child._generate(call.messages, stop=call.stop, **call.kwargs)
 
-    def invoke(
-        self,
-        input: LanguageModelInput,
-        config: RunnableConfig | None = None,
-        *,
-        stop: list[str] | None = None,
-        **kwargs: Any,
-    ) -> AIMessage:
-        def run(
-            inp: LanguageModelInput, run_manager: CallbackManagerForChainRun, config: RunnableConfig
-        ) -> AIMessage:
-            call = self._plan(inp, config.get("metadata"), kwargs, stop)
-            return self._invoke_call(call, inp, self._child_config(config, call))
+    async def _achild_result(
+        self, call: _Call, run_manager: AsyncCallbackManagerForLLMRun | None
+    ) -> ChatResult:
+        if call.kwargs is None:
+            message = await call.runnable.ainvoke(
+                call.messages, self._child_config(run_manager, call), stop=call.stop
+            )
+            return ChatResult(generations=[ChatGeneration(message=message)])
+        if call.child.rate_limiter is not None:
+            await call.child.rate_limiter.aacquire(blocking=True)
+        return await call.child._agenerate(call.messages, stop=call.stop, **call.kwargs)
 
-        return self._call_with_config(run, input, self._own_config(config))
+    def _child_chunks(
+        self, call: _Call, run_manager: CallbackManagerForLLMRun | None
+    ) -> Iterator[ChatGenerationChunk]:
+        child = call.child
+        if call.kwargs is None:
+            config = self._child_config(run_manager, call)
+            for message in call.runnable.stream(call.messages, config, stop=call.stop):
+                yield ChatGenerationChunk(message=_as_chunk(message))
+        elif type(child)._stream is BaseChatModel._stream:  # the child cannot stream
+            yield _one_chunk(self._child_result(call, run_manager))
+        else:
+            if child.rate_limiter is not None:
+                child.rate_limiter.acquire(blocking=True)
+            yield from child._stream(call.messages, stop=call.stop, **call.kwargs)
 
-    async def ainvoke(
-        self,
-        input: LanguageModelInput,
-        config: RunnableConfig | None = None,
-        *,
-        stop: list[str] | None = None,
-        **kwargs: Any,
-    ) -> AIMessage:
-        async def run(
-            inp: LanguageModelInput,
-            run_manager: AsyncCallbackManagerForChainRun,
-            config: RunnableConfig,
-        ) -> AIMessage:
-            call = self._plan(inp, config.get("metadata"), kwargs, stop)
-            return await self._ainvoke_call(call, inp, self._child_config(config, call))
-
-        return await self._acall_with_config(run, input, self._own_config(config))
-
-    def stream(
-        self,
-        input: LanguageModelInput,
-        config: RunnableConfig | None = None,
-        *,
-        stop: list[str] | None = None,
-        **kwargs: Any,
-    ) -> Iterator[AIMessageChunk]:
-        def transform(
-            inputs: Iterator[LanguageModelInput],
-            run_manager: CallbackManagerForChainRun,
-            config: RunnableConfig,
-        ) -> Iterator[AIMessage]:
-            for inp in inputs:
-                call = self._plan(inp, config.get("metadata"), kwargs, stop)
-                yield from self._stream_call(call, inp, self._child_config(config, call))
-
-        for chunk in self._transform_stream_with_config(
-            iter([input]), transform, self._own_config(config)
+    async def _achild_chunks(
+        self, call: _Call, run_manager: AsyncCallbackManagerForLLMRun | None
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        child = call.child
+        if call.kwargs is None:
+            config = self._child_config(run_manager, call)
+            async for message in call.runnable.astream(call.messages, config, stop=call.stop):
+                yield ChatGenerationChunk(message=_as_chunk(message))
+        elif (
+            type(child)._stream is BaseChatModel._stream
+            and type(child)._astream is BaseChatModel._astream
         ):
-            yield cast("AIMessageChunk", chunk)
+            yield _one_chunk(await self._achild_result(call, run_manager))
+        else:
+            if child.rate_limiter is not None:
+                await child.rate_limiter.aacquire(blocking=True)
+            async for chunk in child._astream(call.messages, stop=call.stop, **call.kwargs):
+                yield chunk
 
-    async def astream(
-        self,
-        input: LanguageModelInput,
-        config: RunnableConfig | None = None,
-        *,
-        stop: list[str] | None = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[AIMessageChunk]:
-        async def transform(
-            inputs: AsyncIterator[LanguageModelInput],
-            run_manager: AsyncCallbackManagerForChainRun,
-            config: RunnableConfig,
-        ) -> AsyncIterator[AIMessage]:
-            async for inp in inputs:
-                call = self._plan(inp, config.get("metadata"), kwargs, stop)
-                async for chunk in self._astream_call(
-                    call, inp, self._child_config(config, call)
-                ):
-                    yield chunk
+    def _answered(self, call: _Call, result: ChatResult) -> ChatResult:
+        """The child's result with the decision (and the routed model) on the message."""
+        if not result.generations:
+            return result
+        first, *rest = result.generations
+        message = stamped(first.message, call.planned.meta, call.planned.name)
+        answer = ChatGeneration(message=message, generation_info=first.generation_info)
+        return ChatResult(generations=[answer, *rest], llm_output=result.llm_output)
 
-        async def one() -> AsyncIterator[LanguageModelInput]:
-            yield input
+    @staticmethod
+    def _tokens(result: ChatResult) -> tuple[int | None, int | None]:
+        message = result.generations[0].message if result.generations else None
+        return result_tokens(message, result.llm_output)
 
-        async for chunk in self._atransform_stream_with_config(
-            one(), transform, self._own_config(config)
-        ):
-            yield cast("AIMessageChunk", chunk)
-
-    # -- delegation with telemetry --------------------------------------------
-
-    def _invoke_call(
-        self, call: _Call, input: LanguageModelInput, config: RunnableConfig
-    ) -> AIMessage:
-        started = time.perf_counter()
-        try:
-            message = call.runnable.invoke(input, config, stop=call.stop, **call.kwargs)
-        except BaseException as exc:
-            self._finish(call, _ms_since(started), _failed(exc), (None, None))
-            raise
-        latency_ms = _ms_since(started)
-        self._finish(call, latency_ms, self._graded(call, message), usage_tokens(message))
-        return cast("AIMessage", _stamped(message, call.meta))
-
-    async def _ainvoke_call(
-        self, call: _Call, input: LanguageModelInput, config: RunnableConfig
-    ) -> AIMessage:
-        started = time.perf_counter()
-        try:
-            message = await call.runnable.ainvoke(input, config, stop=call.stop, **call.kwargs)
-        except BaseException as exc:
-            self._finish(call, _ms_since(started), _failed(exc), (None, None))
-            raise
-        latency_ms = _ms_since(started)
-        graded = await self._agraded(call, message)
-        self._finish(call, latency_ms, graded, usage_tokens(message))
-        return cast("AIMessage", _stamped(message, call.meta))
-
-    def _stream_call(
-        self, call: _Call, input: LanguageModelInput, config: RunnableConfig
-    ) -> Iterator[AIMessageChunk]:
-        started = time.perf_counter()
-        acc = _Accumulator(keep=self.scorer is not None, meta=call.meta)
-        try:
-            for chunk in call.runnable.stream(input, config, stop=call.stop, **call.kwargs):
-                acc.add(chunk)
-                yield cast("AIMessageChunk", chunk)
-        except BaseException as exc:
-            self._finish(call, _ms_since(started), _failed(exc), acc.tokens)
-            raise
-        latency_ms = _ms_since(started)
-        self._finish(call, latency_ms, self._graded(call, acc.message), acc.tokens)
-
-    async def _astream_call(
-        self, call: _Call, input: LanguageModelInput, config: RunnableConfig
-    ) -> AsyncIterator[AIMessageChunk]:
-        started = time.perf_counter()
-        acc = _Accumulator(keep=self.scorer is not None, meta=call.meta)
-        try:
-            async for chunk in call.runnable.astream(
-                input, config, stop=call.stop, **call.kwargs
-            ):
-                acc.add(chunk)
-                yield cast("AIMessageChunk", chunk)
-        except BaseException as exc:
-            self._finish(call, _ms_since(started), _failed(exc), acc.tokens)
-            raise
-        latency_ms = _ms_since(started)
-        graded = await self._agraded(call, acc.message)
-        self._finish(call, latency_ms, graded, acc.tokens)
-
-    # -- the legacy paths: generate(), stream_events(version="v3") -------------
-    # These go through BaseChatModel's own LLM run, so the child's run nests
-    # under a ChatTally LLM run (two chat-model runs per call on these paths).
-
-    def _should_stream(self, *, async_api: bool, **kwargs: Any) -> bool:
-        # generate() would call _stream without its run manager; _generate has it.
-        return False
+    # -- what LangChain asks of a chat model -----------------------------------
 
     def _generate(
         self,
@@ -724,9 +591,22 @@ class ChatTally(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        call = self._plan(messages, run_manager.metadata if run_manager else None, kwargs, stop)
-        message = self._invoke_call(call, messages, self._legacy_config(run_manager, call))
-        return ChatResult(generations=[ChatGeneration(message=message)])
+        if self.cascade is not None:
+            return self._cascade(messages, stop, run_manager, kwargs)
+        call = self._route(messages, run_manager, kwargs, stop)
+        if self._streams(run_manager, False, kwargs):
+            return generate_from_stream(self._stream_call(call, run_manager))
+        started = time.perf_counter()
+        try:
+            result = self._child_result(call, run_manager)
+        except BaseException as exc:
+            self._finish(call, ms_since(started), failed(exc), (None, None))
+            raise
+        latency_ms = ms_since(started)
+        message = result.generations[0].message if result.generations else None
+        graded = outcome(self.scorer, call.messages, message, self._warn)
+        self._finish(call, latency_ms, graded, self._tokens(result))
+        return self._answered(call, result)
 
     async def _agenerate(
         self,
@@ -735,9 +615,22 @@ class ChatTally(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        call = self._plan(messages, run_manager.metadata if run_manager else None, kwargs, stop)
-        message = await self._ainvoke_call(call, messages, self._legacy_config(run_manager, call))
-        return ChatResult(generations=[ChatGeneration(message=message)])
+        if self.cascade is not None:
+            return await self._acascade(messages, stop, run_manager, kwargs)
+        call = self._route(messages, run_manager, kwargs, stop)
+        if self._streams(run_manager, True, kwargs):
+            return await agenerate_from_stream(self._astream_call(call, run_manager))
+        started = time.perf_counter()
+        try:
+            result = await self._achild_result(call, run_manager)
+        except BaseException as exc:
+            self._finish(call, ms_since(started), failed(exc), (None, None))
+            raise
+        latency_ms = ms_since(started)
+        message = result.generations[0].message if result.generations else None
+        graded = await aoutcome(self.scorer, call.messages, message, self._warn)
+        self._finish(call, latency_ms, graded, self._tokens(result))
+        return self._answered(call, result)
 
     def _stream(
         self,
@@ -746,10 +639,12 @@ class ChatTally(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        call = self._plan(messages, run_manager.metadata if run_manager else None, kwargs, stop)
-        config = self._legacy_config(run_manager, call)
-        for chunk in self._stream_call(call, messages, config):
-            yield ChatGenerationChunk(message=_as_chunk(chunk))
+        if self.cascade is not None:
+            yield _one_chunk(self._cascade(messages, stop, run_manager, kwargs))
+            return
+        call = self._route(messages, run_manager, kwargs, stop)
+        # BaseChatModel reports these tokens itself on every path that calls _stream.
+        yield from self._stream_call(call, None)
 
     async def _astream(
         self,
@@ -758,10 +653,159 @@ class ChatTally(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        call = self._plan(messages, run_manager.metadata if run_manager else None, kwargs, stop)
-        config = self._legacy_config(run_manager, call)
-        async for chunk in self._astream_call(call, messages, config):
-            yield ChatGenerationChunk(message=_as_chunk(chunk))
+        if self.cascade is not None:
+            yield _one_chunk(await self._acascade(messages, stop, run_manager, kwargs))
+            return
+        call = self._route(messages, run_manager, kwargs, stop)
+        async for chunk in self._astream_call(call, None):
+            yield chunk
+
+    def _stream_call(
+        self, call: _Call, report: CallbackManagerForLLMRun | None
+    ) -> Iterator[ChatGenerationChunk]:
+        """The child's chunks with telemetry; each token to ``report`` if given."""
+        started = time.perf_counter()
+        acc = _Accumulator(keep=self.scorer is not None, meta=call.planned.meta)
+        try:
+            for chunk in self._child_chunks(call, report):
+                acc.add(chunk.message)
+                if report is not None:
+                    report.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
+        except BaseException as exc:
+            self._finish(call, ms_since(started), failed(exc), acc.tokens)
+            raise
+        latency_ms = ms_since(started)
+        graded = outcome(self.scorer, call.messages, acc.message, self._warn)
+        self._finish(call, latency_ms, graded, acc.tokens)
+
+    async def _astream_call(
+        self, call: _Call, report: AsyncCallbackManagerForLLMRun | None
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        started = time.perf_counter()
+        acc = _Accumulator(keep=self.scorer is not None, meta=call.planned.meta)
+        try:
+            async for chunk in self._achild_chunks(call, report):
+                acc.add(chunk.message)
+                if report is not None:
+                    await report.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
+        except BaseException as exc:
+            self._finish(call, ms_since(started), failed(exc), acc.tokens)
+            raise
+        latency_ms = ms_since(started)
+        graded = await aoutcome(self.scorer, call.messages, acc.message, self._warn)
+        self._finish(call, latency_ms, graded, acc.tokens)
+
+
+    # -- cascades ----------------------------------------------------------------
+
+    def _cascade_start(
+        self,
+        messages: list[BaseMessage],
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
+    ) -> tuple[CascadeRun, dict[str, Any]]:
+        caught = _run_metadata.get()
+        if caught is not None:
+            _run_metadata.set(None)
+        metadata = run_manager.metadata if run_manager is not None else caught
+        per_call = envelope_dict((metadata or {}).get("tally"), "metadata.tally")
+        base = {**self._pool.default, **per_call}
+        assert self.cascade is not None
+        return self.cascade.start(self.tally, base, available=set(self.models)), per_call
+
+    def _cascade_tier(
+        self,
+        run: CascadeRun,
+        tier: int,
+        per_call: Mapping[str, Any],
+        messages: list[BaseMessage],
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
+        kwargs: Mapping[str, Any],
+        stop: list[str] | None,
+    ) -> _Call:
+        env = {**per_call, **run.envelope_for(tier)}
+        return self._route(messages, run_manager, kwargs, stop, per_call=env)
+
+    def _cascade_checked(
+        self, run: CascadeRun, tier: int, call: _Call, result: ChatResult, started: float
+    ) -> bool:
+        """Check one tier's answer; its grade is that call's telemetry. True: stop here."""
+        latency_ms = ms_since(started)
+        tokens = self._tokens(result)
+        message = result.generations[0].message if result.generations else None
+        spec = self.tally.catalog[call.planned.name]
+        cost = (spec.estimate_cost_usd(tokens[0] or 0, tokens[1] or 0)
+                if tokens != (None, None) else None)
+        attempt = run.record(
+            tier, {"messages": call.messages}, message, cost_usd=cost, latency_ms=latency_ms,
+            decision_id=call.planned.meta.get("decision_id"), model=call.planned.name,
+            grade=lambda q: self._finish(call, latency_ms, {"success": True, "quality": q},
+                                         tokens),
+        )
+        return attempt.passed
+
+    def _cascade_answer(self, run: CascadeRun, call: _Call, result: ChatResult) -> ChatResult:
+        answered = self._answered(call, result)
+        done = run.result(answered)
+        message = answered.generations[0].message
+        meta = dict(message.response_metadata.get("tally") or {})
+        meta["cascade"] = {
+            "cascade_id": done.cascade_id, "tier": done.tier, "tries": len(done.attempts),
+            "cost_usd": done.cost_usd,
+            "attempts": [{"model": a.model, "passed": a.passed, "quality": a.quality,
+                          "cost_usd": a.cost_usd} for a in done.attempts],
+        }
+        message.response_metadata["tally"] = meta
+        return answered
+
+    def _cascade(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: CallbackManagerForLLMRun | None,
+        kwargs: Mapping[str, Any],
+    ) -> ChatResult:
+        run, per_call = self._cascade_start(messages, run_manager)
+        while (step := run.next_tier()) is not None:
+            tier = step[0]
+            call = self._cascade_tier(run, tier, per_call, messages, run_manager, kwargs, stop)
+            started = time.perf_counter()
+            try:
+                result = self._child_result(call, run_manager)
+            except Exception as exc:
+                self._finish(call, ms_since(started), failed(exc), (None, None))
+                run.failed(tier, latency_ms=ms_since(started), model=call.planned.name)
+                if run.next_tier() is None:
+                    raise
+                continue
+            if self._cascade_checked(run, tier, call, result, started):
+                return self._cascade_answer(run, call, result)
+        raise RuntimeError("the cascade ended without an answer")  # next_tier() ends on one
+
+    async def _acascade(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: AsyncCallbackManagerForLLMRun | None,
+        kwargs: Mapping[str, Any],
+    ) -> ChatResult:
+        run, per_call = self._cascade_start(messages, run_manager)
+        while (step := run.next_tier()) is not None:
+            tier = step[0]
+            call = self._cascade_tier(run, tier, per_call, messages, run_manager, kwargs, stop)
+            started = time.perf_counter()
+            try:
+                result = await self._achild_result(call, run_manager)
+            except Exception as exc:
+                self._finish(call, ms_since(started), failed(exc), (None, None))
+                run.failed(tier, latency_ms=ms_since(started), model=call.planned.name)
+                if run.next_tier() is None:
+                    raise
+                continue
+            if self._cascade_checked(run, tier, call, result, started):
+                return self._cascade_answer(run, call, result)
+        raise RuntimeError("the cascade ended without an answer")
 
 
 class _Accumulator:
@@ -780,7 +824,7 @@ class _Accumulator:
         if self._meta is not None:
             # The first chunk only: chunks' response_metadata merge by
             # concatenating strings.
-            _stamp(chunk, self._meta)
+            stamp(chunk, self._meta)
             self._meta = None
         tin, tout = usage_tokens(chunk)
         if tin is not None:
@@ -798,34 +842,28 @@ class _Accumulator:
         return self._in, self._out
 
 
-def _ms_since(started: float) -> float:
-    return (time.perf_counter() - started) * 1000.0
+def _with_run_start(callbacks: Any) -> Any:
+    """ChatTally's callbacks plus ``_RUN_START`` (never inherited by other runs)."""
+    if callbacks is None:
+        return [_RUN_START]
+    if isinstance(callbacks, list):
+        return callbacks if _RUN_START in callbacks else [*callbacks, _RUN_START]
+    if hasattr(callbacks, "handlers") and _RUN_START not in callbacks.handlers:
+        callbacks = callbacks.copy()
+        callbacks.add_handler(_RUN_START, inherit=False)
+    return callbacks
 
 
-def _failed(exc: BaseException) -> dict[str, Any]:
-    if isinstance(exc, _CANCELLED):
-        return {}  # the caller stopped early: no verdict on the model
-    return {"success": False, "error": error_name(exc)}
+def _bound_kwargs(runnable: Runnable[Any, Any], child: BaseChatModel) -> dict[str, Any] | None:
+    """The arguments ``child.bind_tools()`` bound, when it is a plain binding of the child."""
+    if isinstance(runnable, RunnableBinding) and runnable.bound is child:
+        return dict(runnable.kwargs)
+    return None
 
 
-def _stamped(message: BaseMessage, meta: dict[str, Any]) -> BaseMessage:
-    """A shallow copy with the decision in ``response_metadata["tally"]``.
-
-    A copy, because a child's cache may hand the same message to many calls.
-    """
-    try:
-        return message.model_copy(
-            update={"response_metadata": {**message.response_metadata, "tally": dict(meta)}}
-        )
-    except Exception:  # not a pydantic message: leave it as it is
-        return message
-
-
-def _stamp(message: BaseMessage, meta: dict[str, Any]) -> None:
-    try:
-        message.response_metadata["tally"] = dict(meta)
-    except Exception:  # a message type without response_metadata
-        pass
+def _one_chunk(result: ChatResult) -> ChatGenerationChunk:
+    gen = result.generations[0]
+    return ChatGenerationChunk(message=_as_chunk(gen.message), generation_info=gen.generation_info)
 
 
 def _as_chunk(message: BaseMessage) -> BaseMessageChunk:
@@ -838,29 +876,3 @@ def _as_chunk(message: BaseMessage) -> BaseMessageChunk:
         response_metadata=message.response_metadata,
         id=message.id,
     )
-
-
-def _can_call_tools(model: BaseChatModel) -> bool:
-    if type(model).bind_tools is BaseChatModel.bind_tools:
-        return False
-    profile = getattr(model, "profile", None)  # langchain-core >= 1.1
-    return not (isinstance(profile, dict) and profile.get("tool_calling") is False)
-
-
-def _max_input_tokens(model: BaseChatModel) -> int | None:
-    profile = getattr(model, "profile", None)  # langchain-core >= 1.1
-    if isinstance(profile, dict):
-        value = profile.get("max_input_tokens")
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
-
-
-def _invalid_field(exc: ValidationError) -> InvalidFieldError:
-    err = exc.errors(include_url=False)[0]
-    original = (err.get("ctx") or {}).get("error")
-    if isinstance(original, InvalidFieldError):
-        return original
-    loc = err.get("loc") or ("ChatTally",)
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    return InvalidFieldError(str(loc[0]), f"{msg}, got {type(err.get('input')).__name__}")

@@ -26,6 +26,7 @@ entry points (``register_plugin``, ``registry()``, ``health()``, ``apply``).
 
 from __future__ import annotations
 
+from tally_litellm._cascade import acascade, cascade, judge
 from tally_litellm._deployments import pool_from_router
 from tally_litellm.callback import TallyCallback
 from tally_litellm.plugin import TallyPlugin
@@ -33,6 +34,9 @@ from tally_litellm.strategy import DECISION_KEY, Scorer, TallyStrategy, get_deci
 
 __all__ = [
     "DECISION_KEY",
+    "acascade",
+    "cascade",
+    "judge",
     "Scorer",
     "TallyCallback",
     "TallyPlugin",

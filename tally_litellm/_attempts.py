@@ -40,6 +40,10 @@ class Attempt:
     created: float = field(default_factory=time.monotonic)
     reported: bool = False
     finished: bool = False
+    # The caller's compliance rules (allowed_models / allowed_providers), for shadow copies.
+    rules: dict[str, Any] | None = None
+    # A grade given before the outcome was reported (a cascade's checks): sent with it.
+    quality: float | None = None
     # Names the model a deployment id serves, for attempts LiteLLM placed.
     resolve_name: Callable[[str], str | None] | None = field(default=None, repr=False)
     _info: dict[str, Any] | None = field(default=None, repr=False)
@@ -123,6 +127,22 @@ class AttemptLog:
                 return None
             a.reported = True
             return a
+
+    def grade(self, attempt: Attempt, quality: float, timeout: float = 2.0) -> bool:
+        """Give the attempt its quality: True when it will travel with the outcome.
+
+        False when the outcome has been reported already: then this waits
+        (up to ``timeout``) until that outcome has been handed to Tally, so a
+        ``tally.feedback`` sent next cannot overtake it.
+        """
+        with self._cond:
+            if not attempt.reported:
+                attempt.quality = quality
+                return True
+            deadline = time.monotonic() + timeout
+            while not attempt.finished and (left := deadline - time.monotonic()) > 0:
+                self._cond.wait(min(left, 0.05))
+            return False
 
     def finish(self, attempt: Attempt) -> None:
         """The claimed attempt's outcome has been handed to Tally (or given up on)."""

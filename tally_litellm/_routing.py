@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from tally_core import Envelope, InvalidFieldError, RouteDecision, Tally
+from tally_core import Envelope, InvalidFieldError, NoCandidateError, RouteDecision, Tally
 from tally_core.adapters import OnceLog, error_class, grade
 from tally_core.catalog import load_price_map
 from tally_core.envelope import coerce_envelope, normalise_task_type
@@ -46,6 +46,7 @@ from tally_litellm import _host
 from tally_litellm._attempts import Attempt, AttemptLog, RoutedBy
 from tally_litellm._deployments import DeploymentIndex, _price_map_name
 from tally_litellm._envelope import ENVELOPE_KEY, _hashable, request_envelope
+from tally_litellm._shadow import ShadowRunner
 
 __all__ = [
     "DECISION_KEY",
@@ -58,6 +59,7 @@ __all__ = [
     "get_decision",
     "log",
     "metadata_of",
+    "state_of",
 ]
 
 log = logging.getLogger("tally.litellm")
@@ -101,6 +103,15 @@ class _CallIndex:
 
 
 _CALLS = _CallIndex()
+
+# The state routing each router, by id (a router holds no reference to us).
+_BOUND: dict[int, RoutingState] = {}
+
+
+def state_of(router: Any) -> RoutingState | None:
+    """The routing state installed on ``router``, or None."""
+    state = _BOUND.get(id(router))
+    return state if state is not None and state.router is router else None
 
 
 def decision_headers(info: Mapping[str, Any]) -> dict[str, str]:
@@ -195,6 +206,7 @@ class Choice:
     task_type: str
     org: str
     decision: RouteDecision | None = None
+    rules: dict[str, Any] | None = None  # the caller's allowed_models / allowed_providers
 
 
 class RoutingState:
@@ -265,6 +277,7 @@ class RoutingState:
         self._index_key = tuple(tally.catalog.names)
         self._names_by_id: dict[str, str] = {}
         self._remove_waiter: Callable[[], None] | None = None
+        self.shadow_runner = ShadowRunner(self)
 
     @property
     def errors(self) -> dict[str, int]:
@@ -276,14 +289,18 @@ class RoutingState:
     def bind(self, router: Any, mode: Mode) -> None:
         """Route ``router``'s calls; ``tally.flush()`` waits for their outcomes from now on."""
         self.router, self.mode = router, mode
+        _BOUND[id(router)] = self
         if self._remove_waiter is None:
             self._remove_waiter = self.tally.add_flush_waiter(self.wait)
 
     def unbind(self) -> None:
+        if self.router is not None and _BOUND.get(id(self.router)) is self:
+            del _BOUND[id(self.router)]
         self.router, self.mode = None, None
 
     def release(self) -> None:
         """Stop taking part in ``tally.flush()`` (the adapter is closed)."""
+        self.shadow_runner.close()
         if self._remove_waiter is not None:
             self._remove_waiter()
             self._remove_waiter = None
@@ -304,10 +321,16 @@ class RoutingState:
 
     # -- deciding ------------------------------------------------------------
 
-    def _envelope(
+    def envelope(
+        self, md: Mapping[str, Any], messages: Sequence[Any] | None, kw: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The envelope of one request: defaults, what it shows, ``metadata["tally"]``."""
+        return self.envelope_inferred(md, messages, kw)[0]
+
+    def envelope_inferred(
         self, md: Mapping[str, Any], messages: Sequence[Any] | None, kw: Mapping[str, Any]
     ) -> tuple[dict[str, Any], tuple[str, ...]]:
-        """The request's envelope and the fields inferred from its messages."""
+        """``envelope``, and the fields inferred from the messages (``tally_core.infer``)."""
         given = md.get(ENVELOPE_KEY)
         env, inferred = request_envelope(self._defaults, given, messages, kw,
                                          infer_task=self.infer,
@@ -346,8 +369,11 @@ class RoutingState:
     ) -> Choice | None:
         """What Tally picks among ``group``, or None when no deployment serves a pool model.
 
-        Never raises: when Tally (or the envelope) fails, the choice is the
-        fallback model's deployments (``routed_by="fail-open"``), or none.
+        When Tally (or the envelope) fails, the choice is the fallback
+        model's deployments (``routed_by="fail-open"``), or none. The one error
+        it lets through is ``NoCandidateError``: no model the call (or its
+        org's compliance rules) permits can serve it, and failing open to the
+        fallback could send it to a forbidden provider.
         """
         env: dict[str, Any] | None = None
         try:
@@ -357,7 +383,9 @@ class RoutingState:
                 return None  # a group outside the pool (a fallback hop, say)
             usable = _usable(in_pool, md, cooldowns)
             models = list(dict.fromkeys(n for _, n in usable))
-            env, inferred = self._envelope(md, messages, kw)
+            env, inferred = self.envelope_inferred(md, messages, kw)
+            rules = {k: env[k] for k in ("allowed_models", "allowed_providers")
+                     if env.get(k) is not None}
             if set(models) != set(self._index_key):
                 # Only models this group can serve (and has not just failed on).
                 given = env.get("allowed_models")
@@ -371,7 +399,11 @@ class RoutingState:
             if not picks:
                 raise LookupError(f"no deployment in this group serves {decision.model!r}")
             return Choice(picks, decision.model, "tally", decision.task_type, decision.org,
-                          decision)
+                          decision, rules or None)
+        except NoCandidateError:
+            # Compliance beats failing open: no permitted model can serve this call, and
+            # the fallback may be a forbidden one. The caller gets the error, naming the rule.
+            raise
         except Exception as exc:
             self.once.error(
                 "route", "tally: routing failed (%s: %s); failing open to %s",
@@ -456,7 +488,8 @@ class RoutingState:
         if choice is not None and choice.deployments:
             dep = _host.choose(choice.deployments, self._rng)
             self.record(kw, md, model, dep, choice.model, choice.routed_by,
-                        decision=choice.decision, task_type=choice.task_type, org=choice.org)
+                        decision=choice.decision, task_type=choice.task_type, org=choice.org,
+                        rules=choice.rules)
             return dep
         dep = _host.choose([d for d, _ in _usable([(d, "") for d in group], md, cooldowns)],
                            self._rng)
@@ -508,7 +541,11 @@ class RoutingState:
                 return healthy  # not a chat call, or the caller named a deployment
             md = metadata_of(kw)
             group = _plugin_survivors(healthy, md)
-            choice = self.decide(group, md, messages, kw, set())
+            try:
+                choice = self.decide(group, md, messages, kw, set())
+            except NoCandidateError as exc:
+                self.once.error("compliance", "tally: %s", str(exc)[:300])
+                return []  # nothing permitted: LiteLLM refuses the call, never a forbidden model
             if choice is None:
                 self.record_hop(kw, md, model, None)
                 return healthy
@@ -519,7 +556,7 @@ class RoutingState:
             dep = _host.choose(choice.deployments, self._rng)
             self.record(kw, md, model, dep, choice.model, choice.routed_by,
                         decision=choice.decision, task_type=choice.task_type, org=choice.org,
-                        own_id=False)
+                        own_id=False, rules=choice.rules)
             return [dep]
         except Exception:
             self.once.error("route", "tally: could not filter the deployments", exc_info=True)
@@ -543,7 +580,11 @@ class RoutingState:
             names = {d.get("model_name") for d in others}
             if len(names) == 1 and isinstance(hop := names.pop(), str):
                 group_name, group = hop, others
-        choice = self.decide(group, md, context.raw_messages, {}, cooldowns)
+        try:
+            choice = self.decide(group, md, context.raw_messages, {}, cooldowns)
+        except NoCandidateError:
+            context.candidate_models = []  # nothing permitted: LiteLLM finds no deployment
+            raise
         if choice is None:
             prev = plugin_signal(md)
             before = self.attempts.get(prev.get("call_id")) if prev is not None else None
@@ -614,6 +655,7 @@ class RoutingState:
         task_type: str | None = None,
         org: str | None = None,
         own_id: bool = True,
+        rules: dict[str, Any] | None = None,
     ) -> None:
         """Record an attempt and stamp its decision on the request metadata.
 
@@ -630,6 +672,7 @@ class RoutingState:
             call_id, kw.get("litellm_trace_id"), model_group, dep, name, routed_by,
             decision=decision, decision_id=decision_id, task_type=task_type, org=org,
         )
+        attempt.rules = rules
         md[DECISION_KEY] = attempt.info()
 
     def bind_call(self, kwargs: Mapping[str, Any]) -> None:
@@ -655,9 +698,28 @@ class RoutingState:
     def finish(self, attempt: Attempt) -> None:
         self.attempts.finish(attempt)
 
+    def grade(self, call_id: Any, quality: float) -> None:
+        """A quality for one routed attempt, known after the call (a cascade's checks).
+
+        Travels with the attempt's outcome when that has not been reported
+        yet; else goes as ``tally.feedback`` once the outcome is in, so it
+        replaces the quality the call was counted with instead of racing it.
+        """
+        attempt = self.attempts.get(call_id) or _CALLS.get(call_id)
+        if attempt is None:
+            return
+        if not self.attempts.grade(attempt, quality) and attempt.decision_id is not None:
+            self.tally.feedback(attempt.decision_id, quality=quality, model=attempt.model,
+                                task_type=attempt.task_type, org=attempt.org)
+
     def wait(self, timeout: float | None) -> bool:
-        """Until every attempt routed so far has been reported (``tally.flush`` calls it)."""
-        return self.attempts.wait(time.monotonic(), timeout)
+        """Until every attempt routed so far, and every shadow copy of one, has been
+        reported (``tally.flush`` calls it)."""
+        start = time.monotonic()
+        if not self.attempts.wait(start, timeout):
+            return False
+        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+        return self.shadow_runner.wait(left)
 
     # -- outcomes ------------------------------------------------------------
 
@@ -708,7 +770,7 @@ class RoutingState:
             "latency_ms": latency_ms,
             "cost_usd": cost,
             "error": error,
-            "quality": None,
+            "quality": attempt.quality,
         }
 
     def score(

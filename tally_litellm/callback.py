@@ -112,6 +112,7 @@ class TallyCallback(CustomLogger):
             self._end(state, attempt, outcome, score)
         finally:
             state.finish(attempt)
+        state.shadow_runner.after(attempt, outcome, kwargs, is_async=False)
 
     async def _areport(
         self, kwargs: Any, response: Any, start: Any, end: Any, *, success: bool
@@ -131,6 +132,7 @@ class TallyCallback(CustomLogger):
             self._end(state, attempt, outcome, score)
         finally:
             state.finish(attempt)
+        state.shadow_runner.after(attempt, outcome, kwargs, is_async=True)
 
     def _begin(
         self, kwargs: Any, response: Any, start: Any, end: Any, success: bool
@@ -160,7 +162,7 @@ class TallyCallback(CustomLogger):
         self, state: RoutingState, attempt: Attempt, outcome: dict[str, Any], score: Any
     ) -> None:
         try:
-            if outcome["success"] and state.scorer is not None:
+            if outcome["success"] and state.scorer is not None and outcome["quality"] is None:
                 outcome["quality"] = state.quality(score)
             state.send(attempt, outcome)
         except Exception:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tally_core import NoCandidateError
 from tally_litellm import _host
 from tally_litellm._routing import NARROWED_KEY, SIGNAL_KEY, RoutingState, plugin_signal
 
@@ -64,6 +65,9 @@ class TallyPlugin:
                 return context  # pass every call through
             cooldowns = await _acooldowns(state, context)
             state.narrow(context, cooldowns)
+        except NoCandidateError as exc:
+            state.once.error("compliance", "tally: %s", str(exc)[:300])
+            return context  # narrowed to nothing: never to a forbidden model
         except Exception:
             state.once.error(
                 "plugin", "tally: the routing plugin failed; LiteLLM routes this call",

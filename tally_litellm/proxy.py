@@ -49,7 +49,7 @@ module next to config.yaml::
     # tally_config.py            callbacks: ["tally_config.handler"]
     from tally_litellm.proxy import TallyProxyHandler
     handler = TallyProxyHandler(fallback="gpt-4o", scorer=my_grader)
-    plugin = handler.plugin      # router_settings.plugins: ["tally_config.plugin"]
+    plugin = handler.as_plugin()  # router_settings.plugins: ["tally_config.plugin"]
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ from tally_litellm.callback import TallyCallback
 from tally_litellm.plugin import TallyPlugin
 from tally_litellm.strategy import Scorer
 
-__all__ = ["TallyProxyHandler", "TallyProxyPlugin", "handler", "plugin"]
+__all__ = ["TallyProxyHandler", "TallyProxyPlugin", "handler"]
 
 _PROXY_MODULE = "litellm.proxy.proxy_server"
 _TRUE = ("1", "true", "yes", "on")
@@ -160,10 +160,23 @@ class TallyProxyHandler(TallyCallback):
         self._lock = threading.Lock()
         self._once = OnceLog(log)
         self._plugin = TallyProxyPlugin(self)
+        self._plugin_configured = False
 
     @property
     def plugin(self) -> TallyProxyPlugin:
-        """This handler as a routing plugin, for ``router_settings.plugins``."""
+        """This handler's routing plugin (``as_plugin()`` puts it to use)."""
+        return self._plugin
+
+    def as_plugin(self) -> TallyProxyPlugin:
+        """This handler as the proxy's routing plugin (``router_settings.plugins``).
+
+        The proxy resolves its plugins while it loads the config, before any
+        request: the handler joins ``litellm.callbacks`` now, so it reports
+        the very first call too, and leaves the deployment filter hook alone
+        (the plugin routes).
+        """
+        self._plugin_configured = True
+        self.register()
         return self._plugin
 
     @property
@@ -270,6 +283,8 @@ class TallyProxyHandler(TallyCallback):
         request_kwargs: dict[str, Any] | None = None,
         parent_otel_span: Any = None,
     ) -> list[Any]:
+        if self._plugin_configured:
+            return healthy_deployments  # the plugin routes; this is a logger only
         state = self.current("hooks")
         if state is None or state.mode != "hooks":
             return healthy_deployments
@@ -344,5 +359,11 @@ class TallyProxyPlugin:
 handler = TallyProxyHandler()
 """What ``callbacks: ["tally_litellm.proxy.handler"]`` names; set up from the environment."""
 
-plugin = handler.plugin
-"""What ``router_settings: {plugins: ["tally_litellm.proxy.plugin"]}`` names: the same Tally."""
+
+
+def __getattr__(name: str) -> Any:
+    # ``tally_litellm.proxy.plugin``, resolved when the proxy loads router_settings.plugins:
+    # only then is the handler the proxy's plugin (a callbacks-only config never asks).
+    if name == "plugin":
+        return handler.as_plugin()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

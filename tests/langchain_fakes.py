@@ -151,3 +151,55 @@ def children(**overrides: Any) -> dict[str, Any]:
     out: dict[str, Any] = {n: FakeChild(model=n, reply=f"answer from {n}") for n in PRICES}
     out.update(overrides)
     return out
+
+
+class StepChild(FakeChild):
+    """An agent's model: calls each bound tool once, in order, then answers.
+
+    So a run with n tools makes n + 1 model calls.
+    """
+
+    def _answer(self, messages: list[BaseMessage], stop, **kwargs: Any) -> AIMessage:
+        tools = kwargs.get("tools") or []
+        done = sum(1 for m in messages if isinstance(m, ToolMessage))
+        if done >= len(tools):
+            return super()._answer(messages, stop, **{k: v for k, v in kwargs.items()
+                                                      if k != "tools"})
+        self.calls.append({"stop": stop, **kwargs})
+        tin = count_tokens_approximately(messages)
+        name = tools[done]["function"]["name"]
+        return AIMessage(
+            content="",
+            tool_calls=[{"name": name, "args": dict(self.tool_args), "id": f"call_{done}",
+                         "type": "tool_call"}],
+            usage_metadata={"input_tokens": tin, "output_tokens": 7, "total_tokens": tin + 7},
+            response_metadata={"model_name": self.model},
+        )
+
+
+class FailingStepChild(StepChild):
+    """Raises ``ProviderDown`` on every call."""
+
+    def _answer(self, messages, stop, **kwargs):
+        self.calls.append(kwargs)
+        raise ProviderDown("service unavailable for prompt: SECRET-PROMPT-TEXT")
+
+
+class FlakyStepChild(StepChild):
+    """Raises ``ProviderDown`` on its first ``failures`` calls, then works."""
+
+    failures: int = 1
+
+    def _answer(self, messages, stop, **kwargs):
+        if self.failures > 0:
+            self.failures -= 1
+            self.calls.append(kwargs)
+            raise ProviderDown("rate limited")
+        return super()._answer(messages, stop, **kwargs)
+
+
+def agent_children(**overrides: Any) -> dict[str, Any]:
+    """One StepChild per pool model, answering with its own name."""
+    out: dict[str, Any] = {n: StepChild(model=n, reply=f"answer from {n}") for n in PRICES}
+    out.update(overrides)
+    return out

@@ -146,7 +146,7 @@ def test_proxy_decision_headers_and_flush_in_both_configs(monkeypatch, config, s
         router = proxy_router()
         litellm.callbacks.append(handler)  # as litellm_settings.callbacks puts it
     else:
-        router = proxy_router(plugins=[handler.plugin])  # as router_settings.plugins does
+        router = proxy_router(plugins=[handler.as_plugin()])  # as router_settings.plugins does
     as_proxy(monkeypatch, router)
 
     async def go() -> list[dict[str, str] | None]:
@@ -224,3 +224,28 @@ def test_a_trusting_proxy_may_let_clients_choose_the_org(monkeypatch):
         assert calls_in_stats(handler.state.tally, org="team-b") == 1
     finally:
         handler.close()
+
+
+# -- compliance -----------------------------------------------------------------------------
+
+
+def test_an_orgs_rules_hold_through_the_router_and_never_fail_open_to_a_forbidden_model():
+    rules = {"eu-team": {"allowed_providers": ["anthropic"]}}
+    router = litellm.Router(model_list=pool_deployments(), num_retries=0)
+    with Tally(POOL, fallback="gpt-4o", store=":memory:", seed=3, org_policies=rules) as tally:
+        strategy = TallyStrategy(tally).install(router)
+        try:
+            eu = {"tally": {"task_type": TASK, "org": "eu-team"}}
+            served = {get_decision(router.completion(model="auto", messages=MSGS,
+                                                     metadata=dict(eu)))["model"]
+                      for _ in range(20)}
+            assert served == {"claude-haiku-4-5"}
+            # A call the rules leave nothing for is refused, naming the org and the rule,
+            # rather than sent to the (forbidden) fallback.
+            openai_only = {"tally": {"task_type": TASK, "org": "eu-team",
+                                     "allowed_providers": ["openai"]}}
+            with pytest.raises(Exception, match="eu-team") as err:
+                router.completion(model="auto", messages=MSGS, metadata=openai_only)
+            assert "allowed_providers" in str(err.value)
+        finally:
+            strategy.close()

@@ -187,24 +187,36 @@ def test_one_chat_model_run_per_call_so_usage_handlers_count_once(chat):
         assert usage["total_tokens"] == msg.usage_metadata["total_tokens"]
 
 
-def test_the_child_run_nests_under_chattally_with_the_decision_in_metadata(chat):
+def test_one_run_per_call_is_chattallys_own_with_the_callers_metadata(chat):
     rec = Recorder()
     msg = chat.invoke("hello", {"callbacks": [rec], "tags": ["mine"], "metadata": {"k": 1}})
-    (chain,) = [c for c in rec.chains if c["name"] == "ChatTally"]
     (run,) = rec.chat
-    assert run["parent"] == chain["run_id"]
-    assert run["name"] == "FakeChild"
+    assert run["name"] == "ChatTally" and run["parent"] is None
     assert run["metadata"]["k"] == 1
-    assert run["metadata"]["tally_decision_id"] == msg.response_metadata["tally"]["decision_id"]
-    assert run["metadata"]["ls_model_name"] == msg.response_metadata["tally"]["model"]
-    assert rec.ends == 1
+    assert rec.chains == [] and rec.ends == 1
+    assert msg.response_metadata["tally"]["decision_id"]
+    # The routed child answered, and callers reading model_name see it.
+    assert msg.content == f"answer from {msg.response_metadata['tally']['model']}"
+    assert msg.response_metadata["model_name"] == msg.response_metadata["tally"]["model"]
 
 
-def test_chattally_own_callbacks_see_the_child_run(tally):
+def test_chattally_own_callbacks_see_the_call(tally):
     rec = Recorder()
     chat = ChatTally(tally=tally, models=children(), callbacks=[rec])
     chat.invoke("hello")
-    assert len(rec.chat) == 1 and rec.ends == 1
+    list(chat.stream("hello"))
+    assert len(rec.chat) == 2 and rec.ends == 2
+
+
+def test_chattally_overrides_only_what_langchain_asks():
+    from langchain_core.language_models import BaseChatModel
+
+    public = ("invoke", "ainvoke", "stream", "astream", "batch", "abatch",
+              "generate", "agenerate", "stream_events", "astream_events")
+    assert [m for m in public if getattr(ChatTally, m) is not getattr(BaseChatModel, m)] == []
+    own = {m for m in ("_generate", "_agenerate", "_stream", "_astream")
+           if getattr(ChatTally, m) is not getattr(BaseChatModel, m)}
+    assert own == {"_generate", "_agenerate", "_stream", "_astream"}
 
 
 def test_async_paths(tally, chat):
@@ -538,9 +550,8 @@ def test_called_without_config_inside_a_runnable_it_nests_in_the_enclosing_run(t
     wrapper = RunnableLambda(lambda text: chat.invoke(text))  # no config passed on
     wrapper.invoke("hi", {"callbacks": [outer]})
     (lam,) = [c for c in outer.chains if c["name"] == "RunnableLambda"]
-    (tally_run,) = [c for c in outer.chains if c["name"] == "ChatTally"]
-    assert tally_run["parent"] == lam["run_id"]
-    assert len(outer.chat) == 1 and outer.chat[0]["parent"] == tally_run["run_id"]
+    assert len(outer.chat) == 1 and outer.chat[0]["parent"] == lam["run_id"]
+    assert outer.chat[0]["name"] == "ChatTally"
     assert len(own.chat) == 1
 
 
@@ -554,3 +565,61 @@ def test_stream_events_v3_routes_and_records_once(tally, chat):
     assert stream.output.text.startswith("answer from")
     (row,) = rows(tally)
     assert row["task_type"] == "code-debug" and row["decision_id"] and row["output_tokens"] == 3
+
+
+# -- from_models: init_chat_model children, LiteLLM-style pool names ---------------------
+
+
+def test_from_models_builds_init_chat_model_children_and_a_priced_pool(monkeypatch, tmp_path):
+    pytest.importorskip("langchain.chat_models")
+    import langchain.chat_models as lc_chat_models
+
+    built = []
+
+    def fake_init(model, *, model_provider=None, **kw):
+        built.append((model_provider, model))
+        return FakeChild(model=model, reply=f"answer from {model}")
+
+    monkeypatch.setattr(lc_chat_models, "init_chat_model", fake_init)
+    monkeypatch.setenv("TALLY_HOME", str(tmp_path))
+    chat = ChatTally.from_models(
+        ["openai:gpt-4o-mini", "anthropic:claude-sonnet-4-5", "openai:gpt-4o"],
+        fallback="openai:gpt-4o",
+        envelope={"task_type": "summarisation"},
+    )
+    assert built == [("openai", "gpt-4o-mini"), ("anthropic", "claude-sonnet-4-5"),
+                     ("openai", "gpt-4o")]
+    assert sorted(chat.models) == [
+        "anthropic/claude-sonnet-4-5", "openai/gpt-4o", "openai/gpt-4o-mini"]
+    assert chat.tally.fallback == "openai/gpt-4o"
+    # priced from LiteLLM's map, cheapest first
+    prices = {n: chat.tally.catalog[n].input_cost_per_mtok for n in chat.models}
+    assert prices["openai/gpt-4o-mini"] < prices["openai/gpt-4o"]
+    msg = chat.invoke("summarise this")
+    assert msg.content == f"answer from {msg.response_metadata['tally']['model'].split('/')[1]}"
+    chat.tally.close()
+
+
+def test_from_models_says_what_to_install_and_names_bad_input(tally):
+    pytest.importorskip("langchain.chat_models")
+    try:
+        import langchain_openai  # noqa: F401
+        pytest.skip("langchain-openai is installed")
+    except ImportError:
+        pass
+    with pytest.raises(ImportError, match="'openai:gpt-4o-mini' needs its LangChain provider"):
+        ChatTally.from_models(["openai:gpt-4o-mini"], tally=tally)
+    with pytest.raises(InvalidFieldError, match="provider:model"):
+        ChatTally.from_models(["gpt-4o-mini"], tally=tally)
+    with pytest.raises(InvalidFieldError, match="models"):
+        ChatTally.from_models("openai:gpt-4o", tally=tally)
+
+
+def test_per_call_envelope_never_leaks_into_a_later_call(tally):
+    chat = ChatTally(tally=tally, models=children(), envelope={"task_type": "summarisation"})
+    chat.invoke("x", {"metadata": {"tally": "code-debug"}})
+    list(chat.stream("y"))  # no per-call envelope: the default applies
+    chat.callbacks = None  # even without ChatTally's run-start handler
+    list(chat.stream("z"))
+    assert [r["task_type"] for r in rows(tally)] == ["code-debug", "summarisation",
+                                                      "summarisation"]
