@@ -46,6 +46,9 @@ class RouteDecision:
         The quality bar applied: the envelope's floor, or the parity target.
     dropped
         Candidates not eligible for this call and why.
+    inferred
+        Envelope fields an adapter inferred from the messages
+        (``tally_core.infer``) rather than the caller giving them.
     """
 
     model: str
@@ -63,6 +66,7 @@ class RouteDecision:
     considered: tuple[tuple[str, float, float, float], ...] = ()  # name, mean, n, cost
     envelope: Any = None  # the Envelope routed (not serialised: routing stays cheap)
     created_at: float = 0.0
+    inferred: tuple[str, ...] = ()
 
     def explain(self) -> str:
         """A readable account of the choice: the pick, the floor, every drop.
@@ -82,6 +86,11 @@ class RouteDecision:
             f"est. ${self.estimated_cost_usd:.6f})",
             f"  floor: {floor}",
         ]
+        if self.inferred:
+            env = self.envelope
+            shown = [f"{f}={getattr(env, f, '?')}" if env is not None else f
+                     for f in self.inferred]
+            lines.append(f"  inferred from the messages: {', '.join(shown)}")
         if self.holdout:
             lines.append("  holdout: sent to the fallback as part of the control group")
         for name, mean, n, cost in self.considered:
@@ -106,4 +115,5 @@ class RouteDecision:
             "stream": self.stream,
             "holdout": self.holdout,
             "dropped": [{"model": d.model, "reason": d.reason} for d in self.dropped],
+            "inferred": list(self.inferred),
         }

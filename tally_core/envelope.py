@@ -26,6 +26,7 @@ __all__ = [
     "STRUCTURE_TYPES",
     "Envelope",
     "coerce_envelope",
+    "complexity_level",
     "envelope_cache_key",
     "normalise_task_type",
     "parse_task_type",
@@ -127,6 +128,15 @@ def context_bucket(tokens: int) -> str:
     return "very-long"
 
 
+def complexity_level(score: float) -> str:
+    """The bucket of a 0-1 complexity score: ``low``, ``medium`` or ``high`` (thirds).
+
+    >>> complexity_level(0.1), complexity_level(0.5), complexity_level(0.9)
+    ('low', 'medium', 'high')
+    """
+    return "low" if score < 1 / 3 else ("medium" if score < 2 / 3 else "high")
+
+
 def _tools_bucket(n: int) -> str:
     return "0" if n == 0 else ("1-3" if n <= 3 else "4+")
 
@@ -163,6 +173,9 @@ class Envelope(BaseModel):
         Compliance: only these models / providers may be chosen.
     expected_output_tokens
         Used for cost estimates; defaults to what was observed for the task.
+    complexity
+        How hard the task is: 0 (trivial) to 1, or ``low | medium | high``.
+        ``complexity_level`` gives the bucket either way.
 
     >>> Envelope(task_type="summarization").task_type
     'summarisation'
@@ -184,6 +197,7 @@ class Envelope(BaseModel):
     allowed_models: tuple[str, ...] | None = None
     allowed_providers: tuple[str, ...] | None = None
     expected_output_tokens: StrictInt | None = Field(default=None, ge=0, le=10_000_000)
+    complexity: Literal["low", "medium", "high"] | float | None = None
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -227,6 +241,17 @@ class Envelope(BaseModel):
     def _no_bool(cls, v: Any) -> Any:
         if isinstance(v, bool):
             raise ValueError("must be a number, not a bool")
+        return v
+
+    @field_validator("complexity", mode="before")
+    @classmethod
+    def _check_complexity(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return v.strip().lower()
+        if isinstance(v, bool) or (
+            isinstance(v, (int, float)) and not 0.0 <= v <= 1.0  # NaN fails this too
+        ):
+            raise ValueError("out of range")
         return v
 
     @field_validator("org")
@@ -296,6 +321,18 @@ class Envelope(BaseModel):
         return cast("str", self._priv["_cell"].split("|")[1])
 
     @property
+    def complexity_level(self) -> str | None:
+        """``low``, ``medium`` or ``high`` (a 0-1 score bucketed by thirds), or None.
+
+        >>> Envelope(task_type="qa", complexity=0.8).complexity_level
+        'high'
+        """
+        c = self.complexity
+        if c is None or isinstance(c, str):
+            return c
+        return complexity_level(c)
+
+    @property
     def cell(self) -> str:
         """Key of the context cell this envelope's outcomes are learned in."""
         return cast("str", self._priv["_cell"])
@@ -339,6 +376,7 @@ _FIELDS = tuple(Envelope.model_fields)
 _ALLOWED_HINTS = {
     "structure_type": "allowed: " + ", ".join(STRUCTURE_TYPES),
     "context_length": "allowed: short, medium, long, very-long or a token count >= 0",
+    "complexity": "allowed: a number from 0 to 1, or low, medium, high",
 }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import bisect
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
@@ -660,10 +661,14 @@ class Tally:
                 raise InvalidFieldError(
                     "org", f"decision {d.decision_id} was made for another org, not {brief(org)}"
                 )
+            mine = self._recent.get(d.decision_id)
             return {
                 # Made by this process (not a RouteDecision built elsewhere):
-                # its fields are valid already.
-                "routed": self._recent.get(d.decision_id) is d,
+                # its fields are valid already. An adapter may hand back a copy
+                # that only marks the fields it inferred.
+                "routed": mine is d or (
+                    mine is not None and dataclasses.replace(mine, inferred=d.inferred) == d
+                ),
                 "decision_id": d.decision_id,
                 "org": d.org,
                 "task_type": d.task_type,

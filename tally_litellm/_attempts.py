@@ -71,6 +71,7 @@ class Attempt:
             "deployment_id": self.deployment_id,
             "routed_by": self.routed_by,
             "call_id": self.call_id,
+            "inferred": list(d.inferred) if d is not None else [],
         }
 
 

@@ -7,11 +7,12 @@ its text: the envelope is what Tally stores.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from tally_core import Envelope, InvalidFieldError
 from tally_core.envelope import CONTEXT_BUCKETS
+from tally_core.infer import infer_fields
 
 __all__ = ["ENVELOPE_KEY", "count_tokens", "infer", "request_envelope"]
 
@@ -121,28 +122,59 @@ def request_envelope(
     given: Any,
     messages: Sequence[Any] | None,
     request_kwargs: Mapping[str, Any],
-) -> dict[str, Any]:
-    """The envelope for one request, as a mapping ``Tally.route`` accepts.
+    *,
+    infer_task: bool = True,
+    on_infer_error: Callable[[BaseException], None] | None = None,
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The envelope for one request, as a mapping ``Tally.route`` accepts, and
+    the names of the fields inferred from its messages.
 
     Precedence, lowest first: the strategy's defaults (``task_type`` and
-    ``default_envelope``), what the request shows (``infer``), then what the
-    caller gave in ``metadata["tally"]``: a mapping of envelope fields, an
-    ``Envelope``, or a task type string.
+    ``default_envelope``), what the request shows (``infer``), the task type
+    and complexity read off the messages (``tally_core.infer``, unless
+    ``infer_task`` is False; a low-confidence read keeps the default task
+    type), then what the caller gave in ``metadata["tally"]``: a mapping of
+    envelope fields, an ``Envelope``, or a task type string. Inference that
+    fails is skipped (``on_infer_error`` hears of it): the call is routed
+    on the rest.
+
+    >>> env, inferred = request_envelope({"task_type": "general"}, None,
+    ...     [{"role": "user", "content": "Translate 'good night' into Italian."}], {})
+    >>> env["task_type"], inferred
+    ('translation', ('task_type', 'complexity'))
+    >>> request_envelope({"task_type": "general"}, "qa", [{"role": "user", "content": "hi"}],
+    ...                  {}, infer_task=False)
+    ({'task_type': 'qa', 'context_length': 'short'}, ())
     """
     data = dict(defaults)
     data.update(infer(messages, request_kwargs))
     if given is None:
-        pass
+        fields: Mapping[str, Any] = {}
     elif isinstance(given, str):
-        data["task_type"] = given
+        fields = {"task_type": given}
     elif isinstance(given, Envelope):
-        data.update(given.model_dump(exclude_unset=True))
+        fields = given.model_dump(exclude_unset=True)
     elif isinstance(given, Mapping):
-        data.update(given)
+        fields = given
     else:
         raise InvalidFieldError(
             "metadata.tally",
             f"must be a mapping of envelope fields, an Envelope or a task type, "
             f"got {type(given).__name__}",
         )
-    return _hashable(data)
+    inferred: tuple[str, ...] = ()
+    if infer_task and messages:
+        tools = request_kwargs.get("tools") or request_kwargs.get("functions")
+        try:
+            guess, inferred = infer_fields(
+                messages, fields, tools=tools,
+                response_format=request_kwargs.get("response_format"),
+                default=str(defaults.get("task_type", "general")),
+            )
+        except Exception as exc:  # a message shape nobody foresaw: route without it
+            if on_infer_error is not None:
+                on_infer_error(exc)
+            guess, inferred = {}, ()
+        data.update(guess)
+    data.update(fields)
+    return _hashable(data), inferred

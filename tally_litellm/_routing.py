@@ -24,6 +24,7 @@ which holds on every LiteLLM version and for streams too.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -40,6 +41,7 @@ from tally_core import Envelope, InvalidFieldError, NoCandidateError, RouteDecis
 from tally_core.adapters import OnceLog, error_class, grade
 from tally_core.catalog import load_price_map
 from tally_core.envelope import coerce_envelope, normalise_task_type
+from tally_core.infer import preload as preload_inference
 from tally_litellm import _host
 from tally_litellm._attempts import Attempt, AttemptLog, RoutedBy
 from tally_litellm._deployments import DeploymentIndex, _price_map_name
@@ -219,6 +221,9 @@ class RoutingState:
         (``AUTH_ORG_KEYS`` in the metadata), not what the request body says.
     allow_client_org
         With ``org_from_auth``: let a request's ``metadata.tally.org`` win.
+    infer
+        Read the task type and complexity off the messages when the request
+        does not give them (``tally_core.infer``); False keeps the defaults.
     """
 
     def __init__(
@@ -230,6 +235,7 @@ class RoutingState:
         task_type: str = "general",
         org_from_auth: bool = False,
         allow_client_org: bool = False,
+        infer: bool = True,
     ) -> None:
         if not isinstance(tally, Tally):
             raise InvalidFieldError("tally", f"must be a Tally, got {type(tally).__name__}")
@@ -256,6 +262,11 @@ class RoutingState:
         self.default_envelope = dict(defaults)
         self.org_from_auth = org_from_auth
         self.allow_client_org = allow_client_org
+        if not isinstance(infer, bool):
+            raise InvalidFieldError("infer", f"must be True or False, got {infer!r}")
+        self.infer = infer
+        if infer:
+            preload_inference()  # the first routed call must not pay for loading it
         self.router: Any = None
         self.mode: Mode | None = None
         self.attempts = AttemptLog()
@@ -314,8 +325,16 @@ class RoutingState:
         self, md: Mapping[str, Any], messages: Sequence[Any] | None, kw: Mapping[str, Any]
     ) -> dict[str, Any]:
         """The envelope of one request: defaults, what it shows, ``metadata["tally"]``."""
+        return self.envelope_inferred(md, messages, kw)[0]
+
+    def envelope_inferred(
+        self, md: Mapping[str, Any], messages: Sequence[Any] | None, kw: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """``envelope``, and the fields inferred from the messages (``tally_core.infer``)."""
         given = md.get(ENVELOPE_KEY)
-        env = request_envelope(self._defaults, given, messages, kw)
+        env, inferred = request_envelope(self._defaults, given, messages, kw,
+                                         infer_task=self.infer,
+                                         on_infer_error=self._infer_failed)
         if self.org_from_auth:
             auth = next((md[k] for k in AUTH_ORG_KEYS if isinstance(md.get(k), str) and md[k]),
                         None)
@@ -333,7 +352,12 @@ class RoutingState:
                 env["org"] = org
             else:
                 env.pop("org", None)  # an unauthenticated call: the default org
-        return env
+        return env, inferred
+
+    def _infer_failed(self, exc: BaseException) -> None:
+        # The class only: a message or traceback could quote the prompt.
+        self.once.error("infer", "tally: inferring the task type failed (%s); routing "
+                        "without it", type(exc).__name__)
 
     def decide(
         self,
@@ -359,7 +383,7 @@ class RoutingState:
                 return None  # a group outside the pool (a fallback hop, say)
             usable = _usable(in_pool, md, cooldowns)
             models = list(dict.fromkeys(n for _, n in usable))
-            env = self.envelope(md, messages, kw)
+            env, inferred = self.envelope_inferred(md, messages, kw)
             rules = {k: env[k] for k in ("allowed_models", "allowed_providers")
                      if env.get(k) is not None}
             if set(models) != set(self._index_key):
@@ -369,6 +393,8 @@ class RoutingState:
                     tuple(models) if given is None else tuple(m for m in given if m in models)
                 )
             decision = self.tally.route(env)
+            if inferred:
+                decision = dataclasses.replace(decision, inferred=inferred)
             picks = [d for d, n in usable if n == decision.model]
             if not picks:
                 raise LookupError(f"no deployment in this group serves {decision.model!r}")

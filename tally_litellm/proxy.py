@@ -41,7 +41,8 @@ the OpenAI SDK: ``extra_body={"metadata": {"tally": {"task_type": "code-debug"}}
 
 Settings, read on the first request: the constructor's arguments, else the
 environment (``TALLY_FALLBACK``, ``TALLY_TASK_TYPE``, ``TALLY_QUALITY_FLOOR``,
-``TALLY_MODEL_GROUP``, ``TALLY_ALLOW_CLIENT_ORG``; state in ``TALLY_HOME``).
+``TALLY_MODEL_GROUP``, ``TALLY_ALLOW_CLIENT_ORG``, ``TALLY_INFER=0`` to turn
+off task-type inference; state in ``TALLY_HOME``).
 For anything else (a scorer, a custom pool) make your own handler in a
 module next to config.yaml::
 
@@ -82,6 +83,7 @@ __all__ = ["TallyProxyHandler", "TallyProxyPlugin", "handler"]
 
 _PROXY_MODULE = "litellm.proxy.proxy_server"
 _TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 
 def proxy_router() -> Any:
@@ -108,6 +110,9 @@ class TallyProxyHandler(TallyCallback):
     allow_client_org
         Let a request's ``metadata.tally.org`` choose its org (default: the
         authenticated caller's team, else key).
+    infer
+        Infer task type and complexity from the messages (as for
+        ``TallyStrategy``). Default: on unless ``TALLY_INFER=0``.
     tally_kwargs
         More ``Tally`` arguments (``seed``...).
 
@@ -135,6 +140,7 @@ class TallyProxyHandler(TallyCallback):
         default_envelope: Mapping[str, Any] | Envelope | None = None,
         task_type: str | None = None,
         allow_client_org: bool | None = None,
+        infer: bool | None = None,
         **tally_kwargs: Any,
     ) -> None:
         CustomLogger.__init__(self)
@@ -147,6 +153,7 @@ class TallyProxyHandler(TallyCallback):
         self.default_envelope = default_envelope
         self.task_type = task_type
         self.allow_client_org = allow_client_org
+        self.infer = infer
         self.tally_kwargs = tally_kwargs
         self.state = None
         self._failed_for: Any = None
@@ -231,6 +238,9 @@ class TallyProxyHandler(TallyCallback):
         allow = self.allow_client_org
         if allow is None:
             allow = env.get("TALLY_ALLOW_CLIENT_ORG", "").strip().lower() in _TRUE
+        infer = self.infer
+        if infer is None:
+            infer = env.get("TALLY_INFER", "1").strip().lower() not in _FALSE
         tally = Tally(
             pool, fallback=self.fallback or env.get("TALLY_FALLBACK") or None,
             store=self.store, **self.tally_kwargs,
@@ -239,7 +249,7 @@ class TallyProxyHandler(TallyCallback):
             return RoutingState(
                 tally, scorer=self.scorer, default_envelope=defaults,
                 task_type=self.task_type or env.get("TALLY_TASK_TYPE") or "general",
-                org_from_auth=True, allow_client_org=allow,
+                org_from_auth=True, allow_client_org=allow, infer=infer,
             )
         except Exception:
             tally.close()

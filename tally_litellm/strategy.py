@@ -55,13 +55,21 @@ class TallyStrategy(CustomRoutingStrategyBase):
     default_envelope
         Envelope fields for every call (``quality_floor``, ``org``...).
     task_type
-        The task type of calls that name none.
+        The task type of calls that name none and whose messages do not
+        show one with confidence.
+    infer
+        Read ``task_type`` and ``complexity`` off each call's messages when
+        ``metadata["tally"]`` does not give them (``tally_core.infer``,
+        in-process; no text is kept). False: every call without a task type
+        is ``task_type``.
 
     The envelope of a call is ``task_type`` and ``default_envelope``, then
     what the request shows (``context_length`` from the messages' token count,
     ``tools_used`` from ``tools``, ``structure_type="json"`` for a JSON
-    ``response_format``), then ``metadata["tally"]`` (a mapping of envelope
-    fields, an ``Envelope`` or a task type).
+    ``response_format``; with ``infer``, the task type and complexity its
+    messages read as), then ``metadata["tally"]`` (a mapping of envelope
+    fields, an ``Envelope`` or a task type). ``get_decision(response)
+    ["inferred"]`` lists the fields that were inferred.
 
     The decision is on every response, plain or streamed:
     ``get_decision(response)`` (joined by LiteLLM's call id), which also
@@ -104,9 +112,11 @@ class TallyStrategy(CustomRoutingStrategyBase):
         scorer: Scorer | None = None,
         default_envelope: Mapping[str, Any] | Envelope | None = None,
         task_type: str = "general",
+        infer: bool = True,
     ) -> None:
         self.state = RoutingState(
-            tally, scorer=scorer, default_envelope=default_envelope, task_type=task_type
+            tally, scorer=scorer, default_envelope=default_envelope, task_type=task_type,
+            infer=infer,
         )
         self._plugin: TallyPlugin | None = None
         self._owns_tally = False
@@ -141,6 +151,7 @@ class TallyStrategy(CustomRoutingStrategyBase):
         scorer: Scorer | None = None,
         default_envelope: Mapping[str, Any] | Envelope | None = None,
         task_type: str = "general",
+        infer: bool = True,
         plugin: bool | None = None,
         **tally_kwargs: Any,
     ) -> TallyStrategy:
@@ -160,7 +171,7 @@ class TallyStrategy(CustomRoutingStrategyBase):
         tally = Tally(pool, fallback=fallback, store=store, **tally_kwargs)
         try:
             strategy = cls(tally, scorer=scorer, default_envelope=default_envelope,
-                           task_type=task_type)
+                           task_type=task_type, infer=infer)
         except Exception:
             tally.close()
             raise

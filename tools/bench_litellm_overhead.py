@@ -155,7 +155,13 @@ def main() -> None:
     ap.add_argument("--stub-telemetry", action="store_true",
                     help="make tally.telemetry a no-op: the adapter's cost without the core's")
     ap.add_argument("--no-micro", action="store_true", help="skip the deployment-pick loop")
+    ap.add_argument("--no-infer", action="store_true",
+                    help="TallyStrategy(infer=False): no task type read off the messages")
+    ap.add_argument("--no-task-type", action="store_true",
+                    help="calls give no task_type: the zero-configuration case")
     args = ap.parse_args()
+    if args.no_task_type:
+        META["tally"].pop("task_type", None)
 
     base = litellm.Router(model_list=model_list(), num_retries=0)  # simple-shuffle
     tallied = litellm.Router(model_list=model_list(), num_retries=0)
@@ -164,6 +170,7 @@ def main() -> None:
         Tally(["gpt-4o-mini", "claude-haiku-4-5", "gpt-4o"], fallback="gpt-4o",
               store=home if args.store == "disk" else ":memory:", seed=0),
         scorer=lambda request, response: 0.9,
+        infer=not args.no_infer,
     )
     if args.stub_telemetry:
         strategy.tally.telemetry = lambda *a, **k: ""  # type: ignore[method-assign]

@@ -76,10 +76,11 @@ def proxy(
 def acall(router: Any, handler: TallyProxyHandler, stream: bool = False, **kw: Any) -> Any:
     """One proxied ``acompletion`` (stream consumed), telemetry flushed; response or exception."""
     kw.setdefault("metadata", dict(QA))
+    kw.setdefault("messages", MSGS)
 
     async def go() -> Any:
         try:
-            r = await router.acompletion(model="auto", messages=MSGS, stream=stream, **kw)
+            r = await router.acompletion(model="auto", stream=stream, **kw)
             if stream:
                 text = "".join([c.choices[0].delta.content or "" async for c in r])
             else:
@@ -145,17 +146,36 @@ def test_proxy_calls_go_where_tally_says_and_are_reported(monkeypatch, stream):
 
 
 def test_the_envelope_is_read_off_the_whole_request(monkeypatch):
+    # TALLY_INFER=0: the shape is read, the task type stays the configured one.
+    monkeypatch.setenv("TALLY_INFER", "0")
     with proxy(monkeypatch=monkeypatch, task_type="extraction") as (router, handler):
         acall(router, handler)  # binds
         seen = spy_route(monkeypatch, handler)
         # _skip_mcp_handler: this LiteLLM imports the optional `mcp` package for any
         # call with tools (see test_litellm_routing.py); the proxy's extra installs it.
-        acall(router, handler, tools=TOOLS, _skip_mcp_handler=True,
-              response_format={"type": "json_object"}, metadata={})
+        r = acall(router, handler, tools=TOOLS, _skip_mcp_handler=True,
+                  response_format={"type": "json_object"}, metadata={})
         env, decision = seen[-1]
         assert (env["tools_used"], env["structure_type"], env["context_length"]) == (
             2, "json", "short")
-        assert decision.task_type == "extraction"
+        assert decision.task_type == "extraction" and get_decision(r)["inferred"] == []
+        assert "complexity" not in env
+
+
+def test_the_proxy_infers_the_task_type_unless_told_not_to(monkeypatch):
+    translate = [{"role": "user", "content": "Translate 'see you tomorrow' into Spanish."}]
+    with proxy(monkeypatch=monkeypatch, task_type="extraction") as (router, handler):
+        acall(router, handler)  # binds
+        seen = spy_route(monkeypatch, handler)
+        r = acall(router, handler, messages=translate, metadata={})
+        env, _ = seen[-1]
+        info = get_decision(r)
+        assert (info["task_type"], info["inferred"]) == ("translation", ["task_type", "complexity"])
+        assert env["complexity"] == "low"
+        # A field the client gives wins over the inferred one.
+        r = acall(router, handler, messages=translate, metadata={"tally": {"task_type": "qa"}})
+        info = get_decision(r)
+        assert (info["task_type"], info["inferred"]) == ("qa-simple", ["complexity"])
 
 
 def test_learning_moves_proxy_traffic(monkeypatch):

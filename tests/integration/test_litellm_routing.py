@@ -145,7 +145,8 @@ def test_only_models_the_group_serves_are_candidates(monkeypatch):
 
 
 def test_envelope_is_inferred_from_the_request(monkeypatch):
-    with installed(task_type="extraction") as (router, tally, strategy):
+    # infer=False: the shape (tools, format, size) is read, the task type stays the default.
+    with installed(task_type="extraction", infer=False) as (router, tally, strategy):
         seen = spy_route(monkeypatch, tally)
         tools = [{"type": "function", "function": {"name": n, "parameters": {"type": "object"}}}
                  for n in ("search", "fetch")]
@@ -159,6 +160,7 @@ def test_envelope_is_inferred_from_the_request(monkeypatch):
         assert env["structure_type"] == "json"
         assert env["context_length"] == "short"
         assert decision.task_type == "extraction"
+        assert "complexity" not in env
 
         long_msgs = [{"role": "user", "content": "lorem ipsum dolor sit amet " * 2000}]
         router.completion(model="auto", messages=long_msgs)

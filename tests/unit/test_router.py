@@ -341,3 +341,20 @@ def test_learning_one_task_keeps_other_tasks_plans_current(tally: Tally) -> None
     qa_after = [tally.route(task_type="qa", quality_floor=0.8).model for _ in range(40)]
     assert qa.count("gpt-4o-mini") <= 4 and qa_after.count("gpt-4o-mini") <= 4
     assert tally.stats("qa")[0]["calls"] + tally.stats("qa")[1]["calls"] >= 1
+
+
+def test_a_copy_marking_inferred_fields_is_still_this_processs_decision():
+    # Adapters hand back dataclasses.replace(decision, inferred=...): its outcome must
+    # close the route's in-flight count like the original's (calibration reads it).
+    import dataclasses
+
+    with Tally(["gpt-4o-mini", "gpt-4o"], fallback="gpt-4o", store=":memory:", seed=1,
+               background=False) as t:
+        d = t.route(task_type="qa-simple")
+        assert t.in_flight("qa-simple") == {d.model: 1}
+        t.telemetry(dataclasses.replace(d, inferred=("complexity",)), quality=1.0)
+        assert t.in_flight("qa-simple").get(d.model, 0) == 0
+        # A hand-made decision with other fields changed is not ours: validated in full.
+        forged = dataclasses.replace(d, decision_id=d.decision_id, model="gpt-4o", phase="exploit")
+        t.telemetry(forged, quality=1.0)
+        assert t.telemetry_counts["applied"] == 2
