@@ -20,7 +20,7 @@ pytest.importorskip("litellm")
 
 from tally_core import Tally  # noqa: E402
 from tally_core.ledger import Ledger  # noqa: E402
-from tally_core.sim import load_scenario  # noqa: E402
+from tally_core.eval.sim import load_scenario  # noqa: E402
 from tally_litellm.demo import run_demo  # noqa: E402
 
 SCENARIO = load_scenario("seed-landscape")
@@ -155,7 +155,7 @@ def test_run_demo_outage_fails_calls_through_litellm_as_the_scenario_says() -> N
 def test_prepare_hands_the_router_the_draw_simulate_scores() -> None:
     """The ``prepare`` hook the driver relies on: ``SimCall.outcome(model)`` is
     the very outcome ``observe`` then gets, for whichever model was chosen."""
-    from tally_core.sim import FixedRouter, SimCall, simulate
+    from tally_core.eval.sim import FixedRouter, SimCall, simulate
 
     class Probe(FixedRouter):
         def __init__(self) -> None:

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from tally_core import bench
+from tally_core.eval import bench
 from tally_core.errors import InvalidFieldError
-from tally_core.replay import (
+from tally_core.eval.replay import (
     ReplayFileError,
     example_path,
     load_table,
@@ -365,11 +365,11 @@ def test_errors_are_value_errors_that_pickle(tmp_path: Path) -> None:
 
 
 def test_example_ships_in_the_package() -> None:
-    res = resources.files("tally_core").joinpath("scenarios", "replay-example.csv")
+    res = resources.files("tally_core.eval").joinpath("scenarios", "replay-example.csv")
     assert res.is_file()
     assert example_path().stat().st_size < 300_000
     pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
-    assert '"scenarios/*.csv"' in pyproject.read_text(encoding="utf-8")
+    assert '"eval/scenarios/*.csv"' in pyproject.read_text(encoding="utf-8")
     t = load_table("replay-example")  # by name, as after an install
     assert len(t.prompts) == 300 and t.rows == 300 * 6
     assert t.best_model() == "o1" and t.models[0] == "gemini-2.5-flash-lite"

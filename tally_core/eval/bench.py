@@ -1,10 +1,10 @@
 """Benchmarks: routing overhead (``overhead``), routers compared on a
-simulated workload (``routing``, see ``tally_core.sim``), and the same routers
-replayed on a logged evaluation table (``replay``, see ``tally_core.replay``).
+simulated workload (``routing``, see ``tally_core.eval.sim``), and the same routers
+replayed on a logged evaluation table (``replay``, see ``tally_core.eval.replay``).
 
-Run them with ``python -m tally_core.bench overhead``,
-``python -m tally_core.bench routing --scenario seed-landscape --calls 20000
---seed 1 --json out.json`` or ``python -m tally_core.bench replay evals.csv
+Run them with ``python -m tally_core.eval.bench overhead``,
+``python -m tally_core.eval.bench routing --scenario seed-landscape --calls 20000
+--seed 1 --json out.json`` or ``python -m tally_core.eval.bench replay evals.csv
 --floor 0.8``. Every overhead figure is a median over many timed iterations,
 after warm-up, in one process; absolute times drift on shared machines, so
 compare figures from the same run.
@@ -45,9 +45,9 @@ def run_comparison(
     routers: Sequence[str] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``tally_core.sim.run_comparison``; see there for the figures. ``extra``
+    """``tally_core.eval.sim.run_comparison``; see there for the figures. ``extra``
     adds router factories by name, and their routers to the default set."""
-    from tally_core import sim
+    from tally_core.eval import sim
 
     names = routers or (*sim.ROUTER_NAMES, *(extra or {}))
     return sim.run_comparison(scenario, seed=seed, calls=calls, routers=names, extra=extra)
@@ -62,11 +62,11 @@ def replay(
     extra: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """``tally_core.replay.replay`` on an evaluation table (CSV or JSONL); see
+    """``tally_core.eval.replay.replay`` on an evaluation table (CSV or JSONL); see
     there for the file and the figures. ``extra`` adds router factories by
     name, and their routers to the default set; ``kwargs`` go to ``replay``
     (``shuffle``, ``warmup``, ``best``, ``file_format``)."""
-    from tally_core import replay as rp
+    from tally_core.eval import replay as rp
 
     return rp.replay(
         file, floor=floor, seed=seed, calls=calls, routers=routers, extra=extra, **kwargs
@@ -370,7 +370,7 @@ def main(
     argv: Sequence[str] | None = None,
     *,
     extra: Mapping[str, Any] | None = None,
-    prog: str = "python -m tally_core.bench",
+    prog: str = "python -m tally_core.eval.bench",
 ) -> int:
     """The benchmark command. ``extra``: more routers for ``routing`` (see
     ``tally_litellm.bench``, which adds LiteLLM's Adaptive Router)."""
@@ -391,7 +391,7 @@ def main(
         description="Replay an evaluation table -- rows of prompt_id, task_type, model, "
         "quality (0-1 or true/false), input_tokens, output_tokens, and optionally latency_ms "
         "and cost_usd -- through Tally and the baselines: one call per prompt; a router sees "
-        "only the outcome of the model it chose. See tally_core.replay.",
+        "only the outcome of the model it chose. See tally_core.eval.replay.",
     )
     p.add_argument("file", help="a .csv or .jsonl file (or give --format)")
     p.add_argument(
