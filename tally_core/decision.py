@@ -46,6 +46,9 @@ class RouteDecision:
         The quality bar applied: the envelope's floor, or the parity target.
     dropped
         Candidates not eligible for this call and why.
+    notes
+        What the policy adds: the fallback replaced because the evidence
+        shows it below the floor, a spent risk budget, parity calibration.
     """
 
     model: str
@@ -61,6 +64,7 @@ class RouteDecision:
     holdout: bool = False
     dropped: tuple[Dropped, ...] = ()
     considered: tuple[tuple[str, float, float, float], ...] = ()  # name, mean, n, cost
+    notes: tuple[str, ...] = ()  # what the policy says of this route (a replaced fallback, ...)
     envelope: Any = None  # the Envelope routed (not serialised: routing stays cheap)
     created_at: float = 0.0
 
@@ -84,6 +88,8 @@ class RouteDecision:
         ]
         if self.holdout:
             lines.append("  holdout: sent to the fallback as part of the control group")
+        for note in self.notes:
+            lines.append(f"  note: {note}")
         for name, mean, n, cost in self.considered:
             lines.append(
                 f"  considered {name}: quality {mean:.3f} over {n:.1f} calls, est. ${cost:.6f}"
