@@ -89,8 +89,8 @@ def demo(
     """
     from rich.table import Table
 
-    from tally_core.router import Tally, default_home
     from tally_core.eval.sim import FixedRouter, TallyRouter, load_scenario, simulate
+    from tally_core.router import Tally, default_home
 
     console = _console()
 

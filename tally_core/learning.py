@@ -14,7 +14,8 @@ on a clock: a model's old outcomes predict it until the drift detector (a
 fast window against the long run) says it changed, and then only the fast
 window is kept. A finite ``half_life`` still discounts, for those who want
 it. The ``policy`` part is the routing policy's own per-task memory, folded
-from the phase each outcome's decision carried: its learning calls, and the model each floor is exploited on (hysteresis); each arm also
+from the phase each outcome's decision carried: its learning calls, and
+the model each floor is exploited on (hysteresis); each arm also
 counts the calls it took to be learned, so the policy can price the risk
 its learning has spent by what it knows now.
 Stores own atomicity; this module owns the maths, so every store learns identically.

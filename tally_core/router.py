@@ -20,6 +20,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from tally_core.catalog import Catalog, ModelSpec, store_price_map
+from tally_core.decision import Dropped, RouteDecision
+from tally_core.envelope import Envelope, coerce_envelope, parse_task_type
+from tally_core.errors import (
+    ClosedError,
+    InvalidFieldError,
+    TallyError,
+    UnknownDecisionError,
+)
 from tally_core.learning import (
     EMPTY_MEMORY,
     EMPTY_VIEW,
@@ -30,15 +39,6 @@ from tally_core.learning import (
     arm_view,
     floor_key,
     task_memory,
-)
-from tally_core.catalog import Catalog, ModelSpec, store_price_map
-from tally_core.decision import Dropped, RouteDecision
-from tally_core.envelope import Envelope, coerce_envelope, parse_task_type
-from tally_core.errors import (
-    ClosedError,
-    InvalidFieldError,
-    TallyError,
-    UnknownDecisionError,
 )
 from tally_core.ledger import Ledger
 from tally_core.policy.bandit import FloorBandit

@@ -114,9 +114,7 @@ def distribution(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     if not results:
         raise ValueError("distribution() needs at least one result")
     first = results[0]
-    out: dict[str, Any] = {
-        k: v for k, v in first.items() if k not in ("routers", "seed")
-    }
+    out: dict[str, Any] = {k: v for k, v in first.items() if k not in ("routers", "seed")}
     out["seeds"] = [r["seed"] for r in results]
     routers: dict[str, Any] = {}
     for name in first["routers"]:
@@ -142,9 +140,7 @@ def distribution(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def orders(
-    run: Callable[[int], dict[str, Any]], seeds: Sequence[int]
-) -> dict[str, Any]:
+def orders(run: Callable[[int], dict[str, Any]], seeds: Sequence[int]) -> dict[str, Any]:
     """``run(seed)`` for every seed (a stream order each: the replay's shuffle
     and Tally's draws), summarised by ``distribution``."""
     return distribution([run(s) for s in seeds])

@@ -65,6 +65,8 @@ from tally_core.policy.floor import posterior_mean, posterior_sd
 
 __all__ = ["FloorBandit"]
 
+_SQRT2 = math.sqrt(2.0)
+
 
 @dataclass(frozen=True, slots=True)
 class _Arm:
@@ -85,7 +87,10 @@ class _Data:
     arms: tuple[_Arm, ...]
     bar: float
     top_two: float
-    margin_weight: float  # USD per unit of quality above the floor, in a draw
+    price: float  # USD a call below the floor costs, in a draw
+    default_value: float
+    doubtful: bool
+    p_safe: float
 
 
 class FloorBandit(Policy):
@@ -103,6 +108,9 @@ class FloorBandit(Policy):
     violation_price
         What one call below the floor costs, in calls of the safe arm
         (the cost-weighted exploit rule).
+    learn_price
+        The same price for one learning call, which also buys information:
+        lower, so a promising model is tried before it would be exploited.
     enter, stay
         P(clears) at which a model that saves little is exploited, and the
         gap (``enter - stay``) it may then fall before it is dropped.
@@ -140,8 +148,9 @@ class FloorBandit(Policy):
         self,
         *,
         max_violation_rate: float = 0.01,
-        onboarding_calls: int = 3000,
+        onboarding_calls: int = 6000,
         violation_price: float = 6.0,
+        learn_price: float = 1.0,
         enter: float = 0.95,
         stay: float = 0.8,
         min_obs: int = 30,
@@ -156,13 +165,14 @@ class FloorBandit(Policy):
         top_two: float = 1.0,
         learn_gate: float = 0.02,
         latency_cost_factor: float = 4.0,
-        doubt_below: float = 0.2,
+        doubt_below: float = 0.05,
         **base: Any,
     ) -> None:
         super().__init__(**base)
         self.max_violation_rate = check_number("max_violation_rate", max_violation_rate, 0.0, 0.5)
         self.onboarding_calls = int(check_number("onboarding_calls", onboarding_calls, 0, 1e9))
         self.violation_price = check_number("violation_price", violation_price, 0.01, 1e6)
+        self.learn_price = check_number("learn_price", learn_price, 0.0, 1e6)
         self.enter = check_number("enter", enter, 0.5, 0.9999)
         self.stay = check_number("stay", stay, 0.0, self.enter)
         self.min_obs = int(check_number("min_obs", min_obs, 1, 100_000))
@@ -232,13 +242,15 @@ class FloorBandit(Policy):
         # floor, nothing is proven above it yet) is no bar to clear: a model
         # at least as likely above the floor as below it beats it.
         p_safe = confidence.get(safe, 1.0)
-        doubtful = p_safe < self.doubt_below
+        on_safe = next((c for c in survivors if c.name == safe), None)
+        if on_safe is None:  # the base dropped it: shown below the floor
+            doubtful = safe in confidence
+        else:  # doubtful on evidence, never on the prior alone
+            doubtful = on_safe.view.n >= self.min_fail_obs and p_safe < self.doubt_below
         # The risk spent so far, priced by what is known now: each model's
         # calls off the safe arm, times how much likelier it is than the safe
         # arm to be below the floor (nothing, when the safe arm is doubtful too).
-        spent = sum(
-            c.view.risky_calls * max(p_safe - confidence[c.name], 0.0) for c in survivors
-        )
+        spent = sum(c.view.risky_calls * max(p_safe - confidence[c.name], 0.0) for c in survivors)
         budget = self.max_violation_rate * (memory.clock + self.onboarding_calls)
         room = spent < budget
         exploit: Candidate | None = None
@@ -265,7 +277,9 @@ class FloorBandit(Policy):
                 for c in cands
                 if c.cost_usd <= cap
                 and c.view.latency_ms is not None
-                and (c is exploit or (c.view.n >= self.min_obs and confidence[c.name] >= self.enter))
+                and (
+                    c is exploit or (c.view.n >= self.min_obs and confidence[c.name] >= self.enter)
+                )
             ]
             if fast:
                 exploit = min(fast, key=lambda c: (c.view.latency_ms or math.inf, c.cost_usd))
@@ -276,8 +290,13 @@ class FloorBandit(Policy):
         if in_allowance or doubtful:
             # While the safe arm looks below the floor, its calls are no safer
             # than learning: learn on as many calls as it is doubtful.
-            share = max(self.seed_share, 1.0 - p_safe) if doubtful else self.seed_share
-            gate, phase = self.learn_gate, "explore"
+            share, gate, phase = self.seed_share, self.learn_gate, "explore"
+            if doubtful:
+                # Half the calls stay on the safe arm, so its evidence can
+                # recover if it was an unlucky run; learning is capped.
+                share = (
+                    0.5 if memory.learn < self.allowance + self.resolve_cap(memory.clock) else 0.0
+                )
         elif exploit is None and memory.learn < self.resolve_cap(memory.clock):
             share, gate, phase = self.resolve_share, self.resolve_gate, "explore"
         else:
@@ -290,10 +309,11 @@ class FloorBandit(Policy):
                 c_safe - c.cost_usd,
                 confidence[c.name],
             )
-            for c in cands
+            for c in ([c for c in survivors if c.name != safe] if doubtful else cands)
             if c is not exploit
-            and c_safe - c.cost_usd > default_saving
-            and confidence[c.name] >= gate
+            and (doubtful or c_safe - c.cost_usd > default_saving)
+            # A gate on evidence only: 0 of 2 does not rule a model out.
+            and (confidence[c.name] >= gate or c.view.n < self.min_fail_obs)
         )
         # Learning waits while the risk spent is over budget (resolution has
         # its call cap besides); not while the safe arm itself is doubtful.
@@ -308,9 +328,14 @@ class FloorBandit(Policy):
             arms=arms,
             bar=bar,
             top_two=self.top_two,
-            # While the safe arm is doubtful, learn what clears at all, not
-            # what is cheapest: the draws' margins decide.
-            margin_weight=(100.0 if doubtful else 0.5) * c_safe,
+            price=self.learn_price * c_safe,
+            doubtful=doubtful,
+            p_safe=p_safe,
+            default_value=(
+                0.0
+                if exploit is None or doubtful
+                else default_saving - self.learn_price * c_safe * (1.0 - confidence[exploit.name])
+            ),
         )
         notes = []
         if share == 0.0 and spent >= budget and cands:
@@ -359,14 +384,18 @@ class FloorBandit(Policy):
 
 
 def _sampled_best(d: _Data, normal: Callable[[], float]) -> _Arm | None:
-    """The arm whose posterior draw clears the bar and is worth the most: its
-    saving, plus a margin term so that among models of about the same price
-    the one drawn further above the floor wins. None: the current default."""
-    best, best_value = None, d.default_saving
+    """The arm that would win the exploit rule in one posterior draw: for a
+    drawn quality, the chance it clears the floor is re-read from the
+    posterior, and the arm's saving less the price of that risk is compared
+    with the current default's. A model drawn just above the floor (a rival
+    a little below it) rarely wins; one likely to be certified often does.
+    None: the current default."""
+    best, best_value = None, d.default_value
     for a in d.arms:
-        theta = a.mean + a.sd * normal()
-        if theta >= d.bar:
-            value = a.saving + d.margin_weight * (theta - d.bar)
-            if value > best_value:
-                best, best_value = a, value
+        z = (a.mean - d.bar) / a.sd + normal()
+        p = 0.5 * (1.0 + math.erf(z / _SQRT2))
+        # A doubtful safe arm: what matters is clearing at all.
+        value = p - d.p_safe if d.doubtful else a.saving - d.price * (1.0 - p)
+        if value > best_value:
+            best, best_value = a, value
     return best

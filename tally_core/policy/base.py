@@ -163,7 +163,11 @@ class Policy(ABC):
             survivors.append(c)
         safe = fallback
         fb = next((c for c in cands if c.name == fallback), None)
-        if fb is not None and fb.view.n >= self.min_fail_obs and conf[fallback] <= self.fallback_fails:
+        if (
+            fb is not None
+            and fb.view.n >= self.min_fail_obs
+            and conf[fallback] <= self.fallback_fails
+        ):
             sure = [
                 c
                 for c in survivors
@@ -232,7 +236,9 @@ class Policy(ABC):
             return Choice(plan.fallback, "fallback", conf.get(plan.fallback, 0.0))
         return choice
 
-    def _parity(self, cands: Sequence[Candidate]) -> tuple[float | None, list[tuple[str, int, int]]]:
+    def _parity(
+        self, cands: Sequence[Candidate]
+    ) -> tuple[float | None, list[tuple[str, int, int]]]:
         """The parity bar, or None while the candidates are still being calibrated."""
         short = [
             (c.name, int(c.view.n), self.parity_min_obs)

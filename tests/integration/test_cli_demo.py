@@ -19,8 +19,8 @@ import pytest
 pytest.importorskip("litellm")
 
 from tally_core import Tally  # noqa: E402
-from tally_core.ledger import Ledger  # noqa: E402
 from tally_core.eval.sim import load_scenario  # noqa: E402
+from tally_core.ledger import Ledger  # noqa: E402
 from tally_litellm.demo import run_demo  # noqa: E402
 
 SCENARIO = load_scenario("seed-landscape")

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tally_core.eval import bench
 from tally_core.errors import InvalidFieldError
+from tally_core.eval import bench
 from tally_core.eval.replay import (
     ReplayFileError,
     example_path,
