@@ -131,7 +131,12 @@ def distribution(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 "max": max(finite, default=float("nan")),
             }
         stat["per_seed"] = [
-            {"seed": r["seed"], "share": s, "violations": v}
+            {
+                "seed": r["seed"],
+                "share": s,
+                "violations": v,
+                "adaptation_calls": r["routers"][name].get("adaptation_calls", []),
+            }
             for r, s, v in zip(results, shares, viols, strict=True)
         ]
         routers[name] = stat
@@ -173,7 +178,7 @@ def format_distribution(result: Mapping[str, Any]) -> str:
                 f"{vi['p90']:.2%}",
             ]
         )
-    return head + _table(
+    text = head + _table(
         [
             "router",
             "share mean",
@@ -185,6 +190,19 @@ def format_distribution(result: Mapping[str, Any]) -> str:
         ],
         rows,
     )
+    for name, d in result["routers"].items():
+        events = [e for run in d["per_seed"] for e in run.get("adaptation_calls", [])]
+        for kind, model, task in sorted({(e["kind"], e["model"], e["task"]) for e in events}):
+            calls = [
+                str(e["calls_until_adapted"])
+                for e in events
+                if (e["kind"], e["model"], e["task"]) == (kind, model, task)
+            ]
+            text += (
+                f"\n{name}: {kind} {model} on {task} -> adapted after "
+                f"{', '.join(calls)} calls (one figure per order)"
+            )
+    return text
 
 
 def _pool(size: int) -> list[Any]:
