@@ -29,9 +29,12 @@ class RouteDecision:
     decision_id
         Pass it (or the decision itself) back to ``telemetry`` / ``feedback``.
     phase
-        ``calibrate`` (gathering first signal), ``explore`` (the bounded
-        exploration budget), ``exploit`` (the cheapest model that clears the
-        floor with confidence) or ``fallback`` (nothing clears the floor).
+        ``calibrate`` (first outcomes every candidate needs, e.g. before
+        parity picks its reference), ``explore`` (learning a cheaper model,
+        within the risk budget), ``exploit`` (a cheaper model whose saving
+        outweighs its risk of missing the floor) or ``fallback`` (the safe
+        arm: the fallback, or the model that replaced a fallback shown
+        below the floor; ``notes`` say which).
     confidence
         Posterior probability that ``model``'s quality for this task type and
         context is at or above the floor (with no floor: within the parity
