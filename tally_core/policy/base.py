@@ -96,8 +96,9 @@ class Policy(ABC):
     parity_tolerance, parity_min_obs
         With no floor, the bar is the best calibrated model's mean less
         ``parity_tolerance``; every candidate first gets ``parity_min_obs``
-        outcomes, and any whose upper bound still tops the reference gets up
-        to twice that, so the reference is not an early lucky draw.
+        outcomes, and any whose upper bound could still top the reference by
+        more than the tolerance gets up to twice that, so the reference is
+        not an early lucky draw.
     """
 
     def __init__(
@@ -250,13 +251,15 @@ class Policy(ABC):
         ref = max(cands, key=lambda c: (posterior_mean(c.view), -c.cost_usd))
         top = posterior_mean(ref.view)
         # Re-check the reference by the others' upper bounds: one whose 95%
-        # bound still tops it gets more outcomes, up to twice the minimum.
+        # bound could top it by more than the tolerance (and so move the bar)
+        # gets more outcomes, up to twice the minimum.
         recheck = [
             (c.name, int(c.view.n), 2 * self.parity_min_obs)
             for c in cands
             if c is not ref
             and c.view.n < 2 * self.parity_min_obs
-            and posterior_mean(c.view) + 1.645 * posterior_sd(c.view) > top
+            and posterior_mean(c.view) + 1.645 * posterior_sd(c.view)
+            > top + self.parity_tolerance
         ]
         return max(top - self.parity_tolerance, 0.0), recheck
 
