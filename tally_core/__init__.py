@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-from tally_core._state import LearnParams
 from tally_core.catalog import Catalog, ModelSpec
 from tally_core.decision import Dropped, RouteDecision
 from tally_core.envelope import KNOWN_TASK_TYPES, STRUCTURE_TYPES, Envelope
@@ -21,6 +20,7 @@ from tally_core.errors import (
     UnknownDecisionError,
     UnknownModelError,
 )
+from tally_core.learning import LearnParams
 from tally_core.ledger import Ledger
 from tally_core.policy import CostOptimised, FloorBandit, Policy, StaticThreshold
 from tally_core.router import NoCandidateError, Tally, default_home

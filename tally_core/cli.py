@@ -89,8 +89,8 @@ def demo(
     """
     from rich.table import Table
 
+    from tally_core.eval.sim import FixedRouter, TallyRouter, load_scenario, simulate
     from tally_core.router import Tally, default_home
-    from tally_core.sim import FixedRouter, TallyRouter, load_scenario, simulate
 
     console = _console()
 
@@ -1112,13 +1112,13 @@ def bench(ctx: typer.Context) -> None:
 
     overhead: route/telemetry latency, throughput, import time. routing:
     routers compared on a simulated workload. Arguments go to
-    python -m tally_core.bench; with tally_litellm installed, routing includes
+    python -m tally_core.eval.bench; with tally_litellm installed, routing includes
     LiteLLM's Adaptive Router.
 
     Examples: tally bench overhead --quick | tally bench routing --calls 5000 |
     tally bench routing --help
     """
-    from tally_core import bench as bench_mod
+    from tally_core.eval import bench as bench_mod
 
     extra: Any = None
     if ctx.args[:1] != ["overhead"] and not {"-h", "--help"} & set(ctx.args):

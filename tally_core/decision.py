@@ -29,9 +29,12 @@ class RouteDecision:
     decision_id
         Pass it (or the decision itself) back to ``telemetry`` / ``feedback``.
     phase
-        ``calibrate`` (gathering first signal), ``explore`` (the bounded
-        exploration budget), ``exploit`` (the cheapest model that clears the
-        floor with confidence) or ``fallback`` (nothing clears the floor).
+        ``calibrate`` (first outcomes every candidate needs, e.g. before
+        parity picks its reference), ``explore`` (learning a cheaper model,
+        within the risk budget), ``exploit`` (a cheaper model whose saving
+        outweighs its risk of missing the floor) or ``fallback`` (the safe
+        arm: the fallback, or the model that replaced a fallback shown
+        below the floor; ``notes`` say which).
     confidence
         Posterior probability that ``model``'s quality for this task type and
         context is at or above the floor (with no floor: within the parity
@@ -49,6 +52,9 @@ class RouteDecision:
     inferred
         Envelope fields an adapter inferred from the messages
         (``tally_core.infer``) rather than the caller giving them.
+    notes
+        What the policy adds: the fallback replaced because the evidence
+        shows it below the floor, a spent risk budget, parity calibration.
     """
 
     model: str
@@ -64,6 +70,7 @@ class RouteDecision:
     holdout: bool = False
     dropped: tuple[Dropped, ...] = ()
     considered: tuple[tuple[str, float, float, float], ...] = ()  # name, mean, n, cost
+    notes: tuple[str, ...] = ()  # what the policy says of this route (a replaced fallback, ...)
     envelope: Any = None  # the Envelope routed (not serialised: routing stays cheap)
     created_at: float = 0.0
     inferred: tuple[str, ...] = ()
@@ -93,6 +100,8 @@ class RouteDecision:
             lines.append(f"  inferred from the messages: {', '.join(shown)}")
         if self.holdout:
             lines.append("  holdout: sent to the fallback as part of the control group")
+        for note in self.notes:
+            lines.append(f"  note: {note}")
         for name, mean, n, cost in self.considered:
             lines.append(
                 f"  considered {name}: quality {mean:.3f} over {n:.1f} calls, est. ${cost:.6f}"

@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tally_core._brief import cut
-from tally_core._state import TASK_CELL, LearnParams, Update
 from tally_core.catalog import Catalog, ModelSpec
 from tally_core.errors import InvalidFieldError, StoreError
 from tally_core.events import CallEvent, Event, FeedbackEvent, from_record
+from tally_core.learning import TASK_CELL, LearnParams, Update, floor_key
 from tally_core.ledger import ENVELOPE_COLUMNS, Ledger
 from tally_core.stores.base import Committed, StateStore, update_clocks
 
@@ -233,9 +233,16 @@ class Recorder:
                 if spec is not None
                 else 0.0
             )
+        floor = (ev.envelope or {}).get("quality_floor")
         u = Update(
             ev.org, ev.task_type, ev.cell, ev.model, q, errored,
             ev.latency_ms, ev.output_tokens, cost,
+            # What the policy learns from besides quality: the call's real input size
+            # (realised cost per call), whether it was a learning call, at which floor.
+            input_tokens=ev.input_tokens,
+            phase=None if ev.holdout else ev.phase,
+            floor=floor_key(floor if isinstance(floor, (int, float)) else None)
+            if ev.envelope else None,
         )
         row = {
             "event_id": ev.event_id,

@@ -8,6 +8,7 @@ import bisect
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import threading
 import time
@@ -21,13 +22,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from tally_core._brief import brief
-from tally_core._state import (
-    EMPTY_VIEW,
-    TASK_CELL,
-    ArmView,
-    LearnParams,
-    arm_view,
-)
 from tally_core.catalog import Catalog, ModelSpec, store_price_map
 from tally_core.compliance import OrgPolicies
 from tally_core.decision import Dropped, RouteDecision
@@ -47,6 +41,15 @@ from tally_core.events import (
     check_org,
     feedback_event,
     new_id,
+)
+from tally_core.learning import (
+    EMPTY_MEMORY,
+    EMPTY_VIEW,
+    TASK_CELL,
+    ArmView,
+    LearnParams,
+    arm_view,
+    task_memory,
 )
 from tally_core.ledger import Ledger
 from tally_core.policy.bandit import FloorBandit
@@ -88,6 +91,7 @@ class _Route:
     dropped: tuple[Dropped, ...]
     considered: tuple[tuple[str, float, float, float], ...]
     out_tokens: dict[str, float]
+    notes: tuple[str, ...] = ()
 
 
 class _Draws:
@@ -135,17 +139,20 @@ class Tally:
         a ``redis://`` URL (state shared by every replica; ledger and spool
         stay in ``$TALLY_HOME``), or a ``StateStore``. Default: ``$TALLY_HOME`` or ``~/.tally``.
     policy
-        The routing policy; default ``FloorBandit`` built from ``confidence``
-        and ``explore``.
+        The routing policy; default ``FloorBandit`` built from
+        ``max_violation_rate`` and ``confidence``.
+    max_violation_rate
+        The risk you accept: the share of a task type's calls that learning
+        may send to a model below its floor (default 1%). How much Tally
+        tries unproven cheaper models, and for how long, follows from it.
     confidence
-        Posterior probability of clearing the floor needed to exploit a model.
-    explore
-        Exploration budget, as risk: about this share of calls may be sent,
-        while exploring, to a cheaper model that turns out below the floor.
-        Candidates that are probably good are explored more (see
+        Posterior probability of clearing the floor at which a model that
+        saves little is used (one that saves much is used sooner: see
         ``FloorBandit``).
     half_life
         Outcomes of a task type after which old evidence counts half.
+        Default: evidence is kept until the drift detector sees a model
+        change (then only its recent outcomes count).
     holdout
         Share of calls sent to the fallback as a control group for the savings
         report (0 to disable).
@@ -185,7 +192,7 @@ class Tally:
     ...     d = tally.route({"task_type": "summarisation", "quality_floor": 0.8})
     ...     _ = tally.telemetry(d, quality=0.95, input_tokens=900, output_tokens=120)
     ...     d.phase, tally.stats("summarisation")[0]["calls"]
-    ('calibrate', 1)
+    ('explore', 1)
     """
 
     #: A route with no telemetry after this many seconds stops counting as
@@ -199,9 +206,9 @@ class Tally:
         store: str | os.PathLike[str] | StateStore | None = None,
         *,
         policy: Policy | None = None,
-        confidence: float = 0.9,
-        explore: float = 0.03,
-        half_life: float = 1000.0,
+        max_violation_rate: float = 0.01,
+        confidence: float = 0.95,
+        half_life: float | None = None,
         holdout: float = 0.0,
         seed: int | None = None,
         background: bool = True,
@@ -236,15 +243,20 @@ class Tally:
 
             self._otel = exporter_for(otel, self.catalog, fallback)
         self.policy = (
-            policy if policy is not None else FloorBandit(confidence=confidence, explore=explore)
+            policy
+            if policy is not None
+            else FloorBandit(max_violation_rate=max_violation_rate, enter=confidence)
         )
         if not isinstance(self.policy, Policy):
             raise InvalidFieldError("policy", f"must be a Policy, got {type(policy).__name__}")
-        if isinstance(half_life, bool) or not (
-            isinstance(half_life, (int, float)) and half_life >= 10
+        if half_life is not None and (
+            isinstance(half_life, bool)
+            or not (isinstance(half_life, (int, float)) and half_life >= 10)
         ):
-            raise InvalidFieldError("half_life", f"must be a number >= 10, got {half_life!r}")
-        self.learn = LearnParams(half_life=float(half_life))
+            raise InvalidFieldError(
+                "half_life", f"must be a number >= 10 or None (keep evidence), got {half_life!r}"
+            )
+        self.learn = LearnParams(half_life=math.inf if half_life is None else float(half_life))
         self.holdout = check_number("holdout", holdout, 0.0, 0.5) or 0.0
         self.cell_min_obs = cell_min_obs
         self.error_cooldown = error_cooldown
@@ -399,6 +411,7 @@ class Tally:
             holdout=holdout,
             dropped=r.dropped,
             considered=r.considered,
+            notes=r.notes,
             envelope=env,
             created_at=time.time(),
         )
@@ -462,6 +475,7 @@ class Tally:
         cells: dict[str, dict[str, ArmView]] = snap["cells"] if snap else {}
         views = cells.get(env.cell) or cells.get(TASK_CELL) or {}
         task_views = cells.get(TASK_CELL) or {}
+        typical_in, typical_out = _typical_tokens(task_views)
         dropped: list[Dropped] = []
         cands: list[Candidate] = []
         allowed_any = False
@@ -487,7 +501,12 @@ class Tally:
                 dropped.append(Dropped(name, "no tool calling"))
                 continue
             view = views.get(name, EMPTY_VIEW)
-            out = env.expected_output_tokens or view.output_tokens or DEFAULT_OUTPUT_TOKENS
+            out = (
+                env.expected_output_tokens
+                or view.output_tokens
+                or typical_out
+                or DEFAULT_OUTPUT_TOKENS
+            )
             out_tokens[name] = out
             cost = spec.estimate_cost_usd(env.input_tokens, int(out))
             if env.max_cost_usd is not None and cost > env.max_cost_usd:
@@ -510,7 +529,7 @@ class Tally:
                     )
                 )
                 continue
-            cands.append(Candidate(name, cost, view))
+            cands.append(Candidate(name, self._rank_cost(spec, env, view, typical_in, out), view))
         if not allowed_any:
             rules = self.org_policies.describe(env.org)
             raise NoCandidateError(
@@ -534,11 +553,21 @@ class Tally:
             fallback = max(pool, key=lambda c: (c.view.mean, c.cost_usd)).name
             out_tokens.setdefault(fallback, DEFAULT_OUTPUT_TOKENS)
         plan = self.policy.plan(
-            cands, env.quality_floor, fallback, time_sensitive=env.time_sensitive
+            cands,
+            env.quality_floor,
+            fallback,
+            time_sensitive=env.time_sensitive,
+            memory=snap["memory"] if snap else EMPTY_MEMORY,
         )
         if not cands:
             dropped.append(Dropped(fallback, "no candidate fits: routed to the fallback anyway"))
-        r = _Route(plan, tuple(dropped + plan.dropped), tuple(plan.considered), out_tokens)
+        r = _Route(
+            plan,
+            tuple(dropped + plan.dropped),
+            tuple(plan.considered),
+            out_tokens,
+            tuple(plan.notes),
+        )
         if self._views.get(tkey) is snap:  # not if the worker refreshed meanwhile
             plans = self._routes.get(tkey)
             if plans is None or len(plans) > 1024:
@@ -547,6 +576,24 @@ class Tally:
                 plans = self._routes[tkey] = {}
             plans[self._route_key(env)] = r
         return r
+
+    #: Calls of a model on a task type after which its realised cost per
+    #: call counts as much as the catalog's estimate.
+    cost_prior_calls: float = 3.0
+
+    def _rank_cost(
+        self, spec: ModelSpec, env: Envelope, view: ArmView, typical_in: float | None, out: float
+    ) -> float:
+        """What the policy ranks a model by: its realised cost per call on this
+        task type, shrunk toward the catalog's estimate while it has few calls.
+        The estimate prices the task's observed tokens (the envelope's when it
+        states them), not a nominal payload."""
+        tokens_in = env.input_tokens if env.tokens_exact or typical_in is None else typical_in
+        estimate = spec.estimate_cost_usd(int(tokens_in), int(out))
+        if view.cost_per_call is None or env.tokens_exact:
+            return estimate
+        k, n = self.cost_prior_calls, view.paid_calls
+        return (view.cost_per_call * n + estimate * k) / (n + k)
 
     # -- telemetry -----------------------------------------------------------
 
@@ -755,7 +802,8 @@ class Tally:
         opened = self._open
         while opened and opened[0].created_at < cutoff:
             self._forget(opened.popleft())
-        self._aged_until = cutoff
+        # Never lowered (a larger ttl later must not revive routes already aged out).
+        self._aged_until = max(self._aged_until, cutoff)
 
     def _forget(self, d: RouteDecision) -> None:
         # A route leaves the in-flight window (aged out, or over the count
@@ -817,7 +865,7 @@ class Tally:
                 if t is None or (v.n >= self.cell_min_obs and abs(v.mean - t.mean) > 2.0 * v.se):
                     merged[m] = v
             cells_out[cell] = merged
-        return {"clock": clock, "cells": cells_out}
+        return {"clock": clock, "cells": cells_out, "memory": task_memory(state)}
 
     # -- introspection -------------------------------------------------------
 
@@ -849,7 +897,7 @@ class Tally:
         task_views = snap["cells"][TASK_CELL] if snap else {}
         dropped = {d.model: d.reason for d in r.dropped}
         calib = {name for name, n, target in plan.calibrate if n < target}
-        explore = {e[0] for e in plan.explore}
+        explore = set(plan.explore)
         out = []
         for spec in self.catalog:
             v = task_views.get(spec.name, EMPTY_VIEW)
@@ -1120,6 +1168,20 @@ class Tally:
     def __repr__(self) -> str:
         where = self.store.directory or "memory"
         return f"Tally(models={self.catalog.names!r}, fallback={self.fallback!r}, store={where!r})"
+
+
+def _typical_tokens(views: Mapping[str, ArmView]) -> tuple[float | None, float | None]:
+    """Mean input and output tokens of a task type's calls, over every model
+    (what a model not yet tried would be priced at)."""
+    n_in = s_in = n_out = s_out = 0.0
+    for v in views.values():
+        if v.input_tokens is not None and v.paid_calls:
+            n_in += v.paid_calls
+            s_in += v.input_tokens * v.paid_calls
+        if v.output_tokens is not None and v.paid_calls:
+            n_out += v.paid_calls
+            s_out += v.output_tokens * v.paid_calls
+    return (s_in / n_in if n_in else None, s_out / n_out if n_out else None)
 
 
 def _env_fields(env: Envelope | None) -> dict[str, Any] | None:

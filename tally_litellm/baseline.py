@@ -12,7 +12,14 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from tally_core.sim import RouterFactory, Scenario, SimRouter, TaskSpec, _catalog, _success_bar
+from tally_core.eval.sim import (
+    RouterFactory,
+    Scenario,
+    SimRouter,
+    TaskSpec,
+    _catalog,
+    _success_bar,
+)
 
 __all__ = ["LITELLM_REQUEST_TYPES", "ROUTERS", "LiteLLMAdaptiveRouter"]
 

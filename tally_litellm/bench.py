@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tally_core.bench import main as _core_main
+from tally_core.eval.bench import main as _core_main
 from tally_litellm.baseline import ROUTERS
 
 

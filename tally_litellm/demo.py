@@ -43,7 +43,7 @@ from litellm.router import Router
 
 from tally_core import Tally
 from tally_core.catalog import ModelSpec
-from tally_core.sim import (
+from tally_core.eval.sim import (
     FixedRouter,
     Scenario,
     SimCall,

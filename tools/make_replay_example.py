@@ -1,4 +1,4 @@
-"""Rebuild tally_core/scenarios/replay-example.csv: an evaluation table in which
+"""Rebuild tally_core/eval/scenarios/replay-example.csv: an evaluation table in which
 every model of a scenario answered the same prompts and was graded.
 
 Run: python tools/make_replay_example.py [--scenario seed-landscape]
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from tally_core.catalog import Catalog, ModelSpec
-from tally_core.sim import load_scenario
+from tally_core.eval.sim import load_scenario
 
 OUT = Path(__file__).resolve().parent.parent / "tally_core" / "scenarios" / "replay-example.csv"
 COLUMNS = [

@@ -38,7 +38,7 @@ from tally_core.ledger import COLUMNS, Ledger
 from tally_core.stores.base import Committed, StateStore, TaskKey
 
 if TYPE_CHECKING:
-    from tally_core._state import LearnParams, Update
+    from tally_core.learning import LearnParams, Update
     from tally_core.router import Tally
 
 __all__ = [

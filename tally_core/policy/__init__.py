@@ -1,11 +1,14 @@
-"""Routing policies."""
+"""Routing policies. ``base.Policy`` enforces the floor; ``FloorBandit`` is
+the default; ``CostOptimised`` and ``StaticThreshold`` are simpler ones to
+compare against on your own traffic."""
 
 from __future__ import annotations
 
 from tally_core.policy.bandit import FloorBandit
 from tally_core.policy.base import Candidate, Choice, Plan, Policy
-from tally_core.policy.floor import prob_clears, verdict
-from tally_core.policy.strategies import CostOptimised, StaticThreshold
+from tally_core.policy.cost import CostOptimised
+from tally_core.policy.floor import beta_sf, prob_clears, verdict
+from tally_core.policy.threshold import StaticThreshold
 
 __all__ = [
     "Candidate",
@@ -15,6 +18,7 @@ __all__ = [
     "Plan",
     "Policy",
     "StaticThreshold",
+    "beta_sf",
     "prob_clears",
     "verdict",
 ]

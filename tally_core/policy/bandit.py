@@ -1,249 +1,401 @@
 """FloorBandit: the cheapest model that clears the floor, learned online.
 
-The quality floor is a constraint, not a weight. Each candidate gets a verdict
-from its posterior (see ``policy.floor``):
+The quality floor is a constraint, not a weight. The base class has already
+dropped every model the evidence shows below the floor and settled the
+*safe arm* (the fallback, or the model that replaced a fallback shown below
+the floor). FloorBandit decides what to do with the rest:
 
-* **calibrate** — candidates with too little evidence, cheapest first, get
-  calls until they have ``min_obs`` outcomes; a candidate that looks likely to
-  clear (P >= 0.5) keeps getting calls up to ``promising_obs`` so it can be
-  certified quickly. Only candidates cheaper than the current pick are worth
-  calibrating (a dearer one could never be chosen), except under parity,
-  where the best model must be known.
-* **exploit** — the cheapest candidate whose P(quality >= floor) reaches
-  ``confidence``. With ``time_sensitive``, the fastest cleared candidate whose
-  cost is within ``latency_cost_factor`` of the cheapest cleared one.
-* **explore** — on a share of calls set by a risk budget (``explore`` divided
-  by the chance the best-value candidate is below the floor, capped at
-  ``max_explore``), an uncertain candidate cheaper than the pick, gated by a
-  Thompson draw: it is tried only if a sample from its posterior clears the
-  floor, and among those, the one with the largest expected saving.
-  Exploration is spent where it can pay off
-  (a cheaper model certified), and shrinks by itself as evidence says a
-  candidate is below the floor.
-* **fallback** — nothing clears: the configured fallback model.
+* **candidates** are models whose realised cost per call is at least
+  ``min_saving`` below the safe arm's: a model dearer than the fallback is
+  never chosen under a floor, and one that saves a few percent is not worth
+  the risk of learning it.
+* **exploit** the candidate whose saving outweighs the expected price of a
+  violation: ``(c_safe - c_k) - violation_price * c_safe * (1 - P_k) > 0``,
+  where ``P_k`` is the posterior probability that it clears the floor (with
+  the default price of 6 safe-arm calls, a model that saves 90% is used at
+  P >= 0.85, one that saves 60% at 0.9, never later than at ``enter``). It
+  needs ``min_obs`` outcomes first, and once exploited it stays while P is
+  at most ``enter - stay`` below its entry bar (hysteresis: a model that
+  dips does not send traffic back and forth). The model each floor is
+  exploited on is kept in the task's state (``learning.TaskMemory``), so
+  every replica agrees.
+* **learn** by Thompson sampling among candidates whose posterior still
+  gives them a chance of clearing and that would save more than the current
+  choice: draw every posterior, send the call to the cheapest model whose
+  draw clears the floor (models of about one price: the one drawn furthest
+  above it), or to the current choice if none does. ``top_two`` below 1
+  makes it top-two Thompson sampling (a challenger on the rest of the
+  calls); on our data plain sampling was better. Learning runs on
+  ``seed_share`` of a task type's first ``allowance`` calls; after that,
+  while the task type is still on the safe arm, on ``resolve_share`` of
+  calls, among candidates with P >= ``resolve_gate``, while the task's
+  learning calls are fewer than ``resolve_calls + resolve_per_call * calls``
+  (the resolution cap, 200 + 2% of calls at a 1% rate); once a model is
+  exploited, on ``explore_share`` (a cheaper one may still be found).
+* **the risk budget**: learning stops while its expected number of calls
+  below the floor so far (each model's learning calls, times how much
+  likelier than the safe arm it now looks to be below the floor) is at or
+  above ``max_violation_rate * (calls + onboarding_calls)``. The user states
+  that rate; the budgets follow from it.
+* **a doubtful safe arm** (P(clears) < ``doubt_below``: the fallback looks
+  below the floor and nothing is proven above it yet) is no bar to clear:
+  learning is not budgeted (the safe arm's calls are no safer), aims at what
+  clears at all rather than at what is cheapest, and a model more likely
+  above the floor than below it is used instead.
 
-A candidate whose evidence shows it below the floor (P < ``fail_below``) is
-never returned, in any phase. Evidence is discounted (see ``_state``), so a
-model that improves is noticed when its old failures have faded, and one that
-degrades is caught by the drift detector within tens of calls.
-
->>> from tally_core._state import EMPTY_VIEW
+>>> from tally_core.learning import EMPTY_VIEW
 >>> from tally_core.policy.base import Candidate
 >>> p = FloorBandit()
 >>> plan = p.plan([Candidate("cheap", 0.001, EMPTY_VIEW), Candidate("big", 0.01, EMPTY_VIEW)],
 ...               0.8, "big")
->>> [name for name, _, _ in plan.calibrate]
-['cheap', 'big']
+>>> plan.exploit, plan.fallback, plan.explore
+(None, 'big', ['cheap'])
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from tally_core.decision import Dropped
-from tally_core.errors import InvalidFieldError
-from tally_core.policy.base import Candidate, Choice, Plan, Policy
-from tally_core.policy.floor import verdict
+from tally_core.learning import TaskMemory
+from tally_core.policy.base import Candidate, Choice, Plan, Policy, check_number
+from tally_core.policy.floor import posterior_mean, posterior_sd
 
 __all__ = ["FloorBandit"]
 
+_SQRT2 = math.sqrt(2.0)
 
-def _check(name: str, value: float, lo: float, hi: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        raise InvalidFieldError(name, f"must be a number between {lo} and {hi}, got {value!r}")
-    return float(value)
+
+@dataclass(frozen=True, slots=True)
+class _Arm:
+    name: str
+    mean: float
+    sd: float
+    saving: float
+    confidence: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Data:
+    default: str  # the exploited model, or the safe arm
+    default_phase: str
+    default_saving: float
+    share: float  # chance a call learns
+    phase: str  # the phase of a learning call
+    arms: tuple[_Arm, ...]
+    bar: float
+    top_two: float
+    price: float  # USD a call below the floor costs, in a draw
+    default_value: float
+    doubtful: bool
+    p_safe: float
 
 
 class FloorBandit(Policy):
-    """Route to the cheapest model that clears the quality floor with confidence.
+    """Route to the cheapest model that clears the quality floor, learning
+    which one that is within a stated risk.
 
     Parameters
     ----------
-    confidence
-        Posterior probability of clearing the floor needed to exploit a model.
-    explore
-        Exploration budget, as risk: the expected share of calls that
-        exploration may send to a model below the floor. A cheaper candidate
-        that is probably good is explored on up to ``max_explore`` of calls
-        (each such call is unlikely to miss the floor); one that is probably
-        bad, on about ``explore`` of them.
-    fail_below
-        A model whose probability of clearing is below this is excluded.
+    max_violation_rate
+        The risk the user accepts: the share of calls that learning may
+        send below the floor, over the life of a task type. Default 1%.
+    onboarding_calls
+        The budget starts as if the task type had this many calls already,
+        so a new task type can learn at once.
+    violation_price
+        What one call below the floor costs, in calls of the safe arm
+        (the cost-weighted exploit rule).
+    learn_price
+        The same price for one learning call, which also buys information:
+        lower, so a promising model is tried before it would be exploited.
+    enter, stay
+        P(clears) at which a model that saves little is exploited, and the
+        gap (``enter - stay``) it may then fall before it is dropped.
     min_obs
-        Outcomes a candidate needs before it leaves calibration.
-    promising_obs
-        Calibration keeps feeding a likely-good cheap candidate up to this many.
-    min_fail_obs
-        Outcomes needed before evidence may exclude a model.
-    parity_tolerance
-        With no floor, a model within this of the best observed mean is at parity.
+        Outcomes a model needs before it is exploited.
+    min_saving
+        A candidate must cost at least this share less than the safe arm.
+    allowance, seed_share
+        Learning runs on ``seed_share`` of a task type's first ``allowance`` calls.
+    learn_gate
+        During the allowance, only candidates with P(clears) >= this are learned.
+    resolve_share, resolve_calls, resolve_per_call, resolve_gate
+        After the allowance, while a task type is still on the safe arm:
+        learning on ``resolve_share`` of calls, on candidates with P(clears)
+        >= ``resolve_gate``, while the task type's learning calls (all of
+        them, the allowance's too) are fewer than ``resolve_calls +
+        resolve_per_call * calls`` (by default ``20_000 *
+        max_violation_rate`` and ``2 * max_violation_rate``: 200 calls and
+        2% of calls at 1%).
+    explore_share
+        Learning share once a model is exploited.
+    top_two
+        Chance a learning call follows the sampled best, not its challenger.
+    doubt_below
+        A safe arm whose P(clears) is below this is doubtful: its calls are
+        no safer than learning, so learning is not budgeted, aims at what
+        clears at all, and a model more likely above the floor than below
+        it is used instead.
     latency_cost_factor
-        Time-sensitive calls may pay up to this multiple of the cheapest
-        cleared model's cost for a faster cleared model.
+        Time-sensitive calls may take a faster proven model up to this
+        multiple of the exploited model's cost.
     """
 
     def __init__(
         self,
         *,
-        confidence: float = 0.9,
-        explore: float = 0.03,
-        fail_below: float = 0.05,
-        min_obs: int = 3,
-        promising_obs: int = 20,
-        min_fail_obs: int = 3,
-        parity_tolerance: float = 0.02,
+        max_violation_rate: float = 0.01,
+        onboarding_calls: int = 6000,
+        violation_price: float = 6.0,
+        learn_price: float = 1.0,
+        enter: float = 0.95,
+        stay: float = 0.8,
+        min_obs: int = 30,
+        min_saving: float = 0.10,
+        allowance: int = 400,
+        seed_share: float = 1.0,
+        resolve_share: float = 0.2,
+        resolve_calls: int | None = None,
+        resolve_per_call: float | None = None,
+        resolve_gate: float = 0.2,
+        explore_share: float = 0.03,
+        top_two: float = 1.0,
+        learn_gate: float = 0.02,
         latency_cost_factor: float = 4.0,
-        max_explore: float = 0.25,
+        doubt_below: float = 0.05,
+        **base: Any,
     ) -> None:
-        self.confidence = _check("confidence", confidence, 0.5, 0.9999)
-        self.explore = _check("explore", explore, 0.0, 0.5)
-        self.fail_below = _check("fail_below", fail_below, 0.0, 0.5)
-        self.min_obs = int(_check("min_obs", min_obs, 1, 10_000))
-        self.promising_obs = int(_check("promising_obs", promising_obs, self.min_obs, 100_000))
-        self.min_fail_obs = int(_check("min_fail_obs", min_fail_obs, 1, 10_000))
-        self.parity_tolerance = _check("parity_tolerance", parity_tolerance, 0.0, 0.5)
-        self.latency_cost_factor = _check("latency_cost_factor", latency_cost_factor, 1.0, 1e6)
-        self.max_explore = _check("max_explore", max_explore, self.explore, 1.0)
-
-    def plan(
-        self,
-        candidates: Sequence[Candidate],
-        floor: float | None,
-        fallback: str,
-        *,
-        time_sensitive: bool = False,
-    ) -> Plan:
-        cands = sorted(candidates, key=lambda c: c.cost_usd)
-        costs = {c.name: c.cost_usd for c in cands}
-        considered = [(c.name, c.view.mean, c.view.n, c.cost_usd) for c in cands]
-        parity = floor is None
-        best: Candidate | None = None
-        if parity:
-            known = [c for c in cands if c.view.n >= self.min_obs]
-            if not known:
-                # Nothing to be at parity with yet: learn every candidate.
-                return Plan(
-                    floor=None,
-                    exploit=None,
-                    fallback=fallback,
-                    confidence={c.name: 0.0 for c in cands},
-                    costs=costs,
-                    calibrate=[(c.name, int(c.view.n), self.min_obs) for c in cands],
-                    considered=considered,
-                )
-            best = max(known, key=lambda c: (c.view.mean, -c.cost_usd))
-            bar = max(best.view.mean - self.parity_tolerance, 0.0)
-        else:
-            assert floor is not None
-            bar = floor
-
-        verdicts: dict[str, str] = {}
-        v: str
-        conf: dict[str, float] = {}
-        dropped: list[Dropped] = []
-        for c in cands:
-            v, p = verdict(
-                c.view,
-                bar,
-                confidence=self.confidence,
-                fail_below=self.fail_below,
-                min_obs=self.min_obs,
-                min_fail_obs=self.min_fail_obs,
+        super().__init__(**base)
+        self.max_violation_rate = check_number("max_violation_rate", max_violation_rate, 0.0, 0.5)
+        self.onboarding_calls = int(check_number("onboarding_calls", onboarding_calls, 0, 1e9))
+        self.violation_price = check_number("violation_price", violation_price, 0.01, 1e6)
+        self.learn_price = check_number("learn_price", learn_price, 0.0, 1e6)
+        self.enter = check_number("enter", enter, 0.5, 0.9999)
+        self.stay = check_number("stay", stay, 0.0, self.enter)
+        self.min_obs = int(check_number("min_obs", min_obs, 1, 100_000))
+        self.min_saving = check_number("min_saving", min_saving, 0.0, 0.99)
+        self.allowance = int(check_number("allowance", allowance, 0, 1e9))
+        self.seed_share = check_number("seed_share", seed_share, 0.0, 1.0)
+        self.resolve_share = check_number("resolve_share", resolve_share, 0.0, 1.0)
+        rho = self.max_violation_rate
+        self.resolve_calls = int(
+            check_number(
+                "resolve_calls", 20_000 * rho if resolve_calls is None else resolve_calls, 0, 1e9
             )
-            if c is best:
-                v, p = "clears", max(p, 0.5)  # the parity reference is at parity by definition
-            verdicts[c.name], conf[c.name] = v, p
-            if v == "fails":
-                what = "the floor" if not parity else "parity with the best"
-                dropped.append(
-                    Dropped(
-                        c.name,
-                        f"below {what} ({bar:.2f}): quality {c.view.mean:.3f} "
-                        f"± {c.view.se:.3f} over {c.view.n:.0f} calls, "
-                        f"P(clears) = {p:.3f}",
-                    )
-                )
-
-        cleared = [c for c in cands if verdicts[c.name] == "clears"]
-        exploit = cleared[0] if cleared else None
-        if exploit is not None and time_sensitive:
-            cap = exploit.cost_usd * self.latency_cost_factor
-            timed = [c for c in cleared if c.cost_usd <= cap and c.view.latency_ms is not None]
-            if timed:
-                exploit = min(timed, key=lambda c: (c.view.latency_ms, c.cost_usd))
-
-        limit = math.inf if exploit is None else exploit.cost_usd
-        calibrate: list[tuple[str, int, int]] = []
-        explore: list[tuple[str, float, float, float]] = []
-        for c in cands:
-            v = verdicts[c.name]
-            worth = c.cost_usd < limit or (parity and v == "unknown")
-            if not worth or v in ("fails", "clears"):
-                continue
-            if v == "unknown":
-                calibrate.append((c.name, int(c.view.n), self.min_obs))
-            elif conf[c.name] >= 0.5 and c.view.n < self.promising_obs:
-                calibrate.append((c.name, int(c.view.n), self.promising_obs))
-            if v == "uncertain" and c.cost_usd < limit:
-                ref = (
-                    limit
-                    if exploit is not None
-                    else costs[fallback]
-                    if fallback in costs
-                    else limit
-                )
-                saving = (ref - c.cost_usd) if math.isfinite(ref) else 1.0
-                explore.append((c.name, c.view.mean, max(saving, 1e-12), c.view.se))
-        # Exploration is budgeted in risk, not in calls: a candidate that is
-        # probably good may take more calls (up to max_explore) because each
-        # one is unlikely to land below the floor; the expected share of
-        # calls sent below the floor by exploration stays near `explore`.
-        rate = 0.0
-        if explore:
-            target = max(explore, key=lambda e: e[2] * conf[e[0]])
-            risk = max(1.0 - conf[target[0]], 1e-6)
-            rate = min(max(self.explore / risk, self.explore), self.max_explore)
-        return Plan(
-            floor=bar,
-            explore_rate=rate,
-            exploit=None if exploit is None else exploit.name,
-            fallback=fallback,
-            confidence=conf,
-            costs=costs,
-            calibrate=calibrate,
-            explore=explore,
-            dropped=dropped,
-            considered=considered,
+        )
+        self.resolve_per_call = check_number(
+            "resolve_per_call", 2 * rho if resolve_per_call is None else resolve_per_call, 0.0, 1.0
+        )
+        self.resolve_gate = check_number("resolve_gate", resolve_gate, 0.0, 1.0)
+        self.explore_share = check_number("explore_share", explore_share, 0.0, 1.0)
+        self.top_two = check_number("top_two", top_two, 0.0, 1.0)
+        self.learn_gate = check_number("learn_gate", learn_gate, 0.0, 1.0)
+        self.doubt_below = check_number("doubt_below", doubt_below, 0.0, 0.5)
+        self.latency_cost_factor = check_number(
+            "latency_cost_factor", latency_cost_factor, 1.0, 1e6
         )
 
-    def pick(
+    def resolve_cap(self, calls: float) -> float:
+        """Learning calls after which a task type stuck on the safe arm stops
+        resolving, at ``calls`` calls of it.
+
+        >>> FloorBandit().resolve_cap(1000)
+        220.0
+        """
+        return self.resolve_calls + self.resolve_per_call * calls
+
+    def entry_bar(self, saving_share: float) -> float:
+        """P(clears) at which a model saving ``saving_share`` of the safe
+        arm's cost is exploited.
+
+        >>> p = FloorBandit()
+        >>> round(p.entry_bar(0.9), 2), round(p.entry_bar(0.6), 3), p.entry_bar(0.05)
+        (0.85, 0.9, 0.95)
+        """
+        return min(max(1.0 - saving_share / self.violation_price, 0.5), self.enter)
+
+    def _plan(
+        self,
+        survivors: Sequence[Candidate],
+        bar: float,
+        safe: str,
+        confidence: Mapping[str, float],
+        costs: Mapping[str, float],
+        *,
+        memory: TaskMemory,
+        leader: str | None,
+        time_sensitive: bool,
+    ) -> Plan:
+        c_safe = costs.get(safe)
+        if c_safe is None or c_safe <= 0.0:
+            c_safe = max(costs.values(), default=0.0)
+        cands = [
+            c
+            for c in survivors
+            if c.name != safe and c_safe > 0 and c.cost_usd <= (1.0 - self.min_saving) * c_safe
+        ]
+        gap = self.enter - self.stay
+        # A safe arm that is itself doubtful (the fallback looks below the
+        # floor, nothing is proven above it yet) is no bar to clear: a model
+        # at least as likely above the floor as below it beats it.
+        p_safe = confidence.get(safe, 1.0)
+        on_safe = next((c for c in survivors if c.name == safe), None)
+        if on_safe is None:  # the base dropped it: shown below the floor
+            doubtful = safe in confidence
+        else:  # doubtful on evidence, never on the prior alone
+            doubtful = on_safe.view.n >= self.min_fail_obs and p_safe < self.doubt_below
+        # The risk spent so far, priced by what is known now: each model's
+        # calls off the safe arm, times how much likelier it is than the safe
+        # arm to be below the floor (nothing, when the safe arm is doubtful too).
+        spent = sum(c.view.risky_calls * max(p_safe - confidence[c.name], 0.0) for c in survivors)
+        budget = self.max_violation_rate * (memory.clock + self.onboarding_calls)
+        room = spent < budget
+        exploit: Candidate | None = None
+        best_value = 0.0
+        for c in cands:
+            p = confidence[c.name]
+            if c.view.n < self.min_obs:
+                continue
+            share = (c_safe - c.cost_usd) / c_safe
+            need = 0.5 if doubtful else self.entry_bar(share)
+            if c.name == leader:
+                need = max(need - gap, 0.5 if need < self.enter else self.stay)
+            if p < need:
+                continue
+            value = (c_safe - c.cost_usd) - self.violation_price * c_safe * (1.0 - p)
+            if c.name == leader:
+                value = max(value, 1e-12) * 1.02  # ties stay where they are
+            if exploit is None or value > best_value:
+                exploit, best_value = c, value
+        if exploit is not None and time_sensitive:
+            cap = exploit.cost_usd * self.latency_cost_factor
+            fast = [
+                c
+                for c in cands
+                if c.cost_usd <= cap
+                and c.view.latency_ms is not None
+                and (
+                    c is exploit or (c.view.n >= self.min_obs and confidence[c.name] >= self.enter)
+                )
+            ]
+            if fast:
+                exploit = min(fast, key=lambda c: (c.view.latency_ms or math.inf, c.cost_usd))
+        default = exploit.name if exploit is not None else safe
+        default_saving = c_safe - exploit.cost_usd if exploit is not None else 0.0
+
+        in_allowance = memory.clock < self.allowance
+        if in_allowance or doubtful:
+            # While the safe arm looks below the floor, its calls are no safer
+            # than learning: learn on as many calls as it is doubtful.
+            share, gate, phase = self.seed_share, self.learn_gate, "explore"
+            if doubtful:
+                # Half the calls stay on the safe arm, so its evidence can
+                # recover if it was an unlucky run; learning is capped.
+                share = (
+                    0.5 if memory.learn < self.allowance + self.resolve_cap(memory.clock) else 0.0
+                )
+        elif exploit is None and memory.learn < self.resolve_cap(memory.clock):
+            share, gate, phase = self.resolve_share, self.resolve_gate, "explore"
+        else:
+            share, gate, phase = self.explore_share, self.resolve_gate, "explore"
+        arms = tuple(
+            _Arm(
+                c.name,
+                posterior_mean(c.view),
+                posterior_sd(c.view),
+                c_safe - c.cost_usd,
+                confidence[c.name],
+            )
+            for c in ([c for c in survivors if c.name != safe] if doubtful else cands)
+            if c is not exploit
+            and (doubtful or c_safe - c.cost_usd > default_saving)
+            # A gate on evidence only: 0 of 2 does not rule a model out.
+            and (confidence[c.name] >= gate or c.view.n < self.min_fail_obs)
+        )
+        # Learning waits while the risk spent is over budget (resolution has
+        # its call cap besides); not while the safe arm itself is doubtful.
+        if not arms or not (room or doubtful):
+            share = 0.0
+        data = _Data(
+            default=default,
+            default_phase="exploit" if exploit is not None else "fallback",
+            default_saving=default_saving,
+            share=share,
+            phase=phase,
+            arms=arms,
+            bar=bar,
+            top_two=self.top_two,
+            price=self.learn_price * c_safe,
+            doubtful=doubtful,
+            p_safe=p_safe,
+            default_value=(
+                0.0
+                if exploit is None or doubtful
+                else default_saving - self.learn_price * c_safe * (1.0 - confidence[exploit.name])
+            ),
+        )
+        notes = []
+        if share == 0.0 and spent >= budget and cands:
+            notes.append(
+                f"risk budget spent: {spent:.1f} expected calls below the floor of "
+                f"{budget:.1f} allowed; learning waits"
+            )
+        return Plan(
+            floor=bar,
+            exploit=None if exploit is None else exploit.name,
+            fallback=safe,
+            confidence=dict(confidence),
+            costs=dict(costs),
+            explore=[a.name for a in arms] if share > 0 else [],
+            notes=notes,
+            data=data,
+        )
+
+    def _pick(
         self,
         plan: Plan,
         uniform: Callable[[], float],
         normal: Callable[[], float],
         pending: Mapping[str, int],
     ) -> Choice:
-        conf = plan.confidence
-        for name, n, target in plan.calibrate:  # cheapest first
-            if n + pending.get(name, 0) < target:
-                return Choice(name, "calibrate", conf.get(name, 0.0))
-        if plan.explore and plan.floor is not None and uniform() < plan.explore_rate:
-            # Thompson-gated, value-weighted: among cheaper uncertain models
-            # whose posterior draw clears the floor, the one with the largest
-            # expected saving (saving if certified x chance it clears).
-            best, best_value = None, 0.0
-            for name, mean, saving, se in plan.explore:
-                value = saving * conf[name]
-                if value > best_value and mean + se * normal() >= plan.floor:
-                    best, best_value = name, value
-            if best is not None:
-                return Choice(best, "explore", conf[best])
-        if plan.exploit is not None:
-            return Choice(plan.exploit, "exploit", conf[plan.exploit])
-        return Choice(plan.fallback, "fallback", conf.get(plan.fallback, 0.0))
+        d: _Data = plan.data
+        if d.share > 0.0 and uniform() < d.share:
+            first = _sampled_best(d, normal)
+            pick = first
+            if first is not None and uniform() >= d.top_two:
+                # Its challenger: the best of another draw that differs (the
+                # current default included, so a lucky draw alone does not
+                # send a call to a model that is probably below the floor).
+                for _ in range(4):
+                    other = _sampled_best(d, normal)
+                    if other is not first:
+                        pick = other
+                        break
+            if pick is not None:
+                return Choice(pick.name, d.phase, pick.confidence)  # type: ignore[arg-type]
+        return Choice(d.default, d.default_phase, plan.confidence.get(d.default, 0.0))  # type: ignore[arg-type]
 
     @classmethod
     def _unit_test_params(cls) -> dict[str, Any]:
-        return {"confidence": 0.9, "explore": 0.03}
+        return {"max_violation_rate": 0.01}
+
+
+def _sampled_best(d: _Data, normal: Callable[[], float]) -> _Arm | None:
+    """The arm that would win the exploit rule in one posterior draw: for a
+    drawn quality, the chance it clears the floor is re-read from the
+    posterior, and the arm's saving less the price of that risk is compared
+    with the current default's. A model drawn just above the floor (a rival
+    a little below it) rarely wins; one likely to be certified often does.
+    None: the current default."""
+    best, best_value = None, d.default_value
+    for a in d.arms:
+        z = (a.mean - d.bar) / a.sd + normal()
+        p = 0.5 * (1.0 + math.erf(z / _SQRT2))
+        # A doubtful safe arm: what matters is clearing at all.
+        value = p - d.p_safe if d.doubtful else a.saving - d.price * (1.0 - p)
+        if value > best_value:
+            best, best_value = a, value
+    return best

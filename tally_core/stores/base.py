@@ -2,7 +2,7 @@
 
 A store keeps one state per (org, task_type) and applies batches of outcomes
 atomically, so concurrent writers (threads, processes, replicas) never lose an
-update. The learning arithmetic lives in ``tally_core._state``; a store only
+update. The learning arithmetic lives in ``tally_core.learning``; a store only
 provides the transaction around it.
 """
 
@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from tally_core._state import LearnParams, Update, apply_updates
 from tally_core.errors import StoreError
+from tally_core.learning import LearnParams, Update, apply_updates
 
 __all__ = [
     "Committed",

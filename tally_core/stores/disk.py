@@ -7,8 +7,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tally_core._state import LearnParams, Update, new_task_state
 from tally_core.errors import StoreError
+from tally_core.learning import LearnParams, Update, new_task_state
 from tally_core.stores.base import (
     Committed,
     StateStore,

@@ -7,7 +7,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from tally_core._state import LearnParams, Update, new_task_state
+from tally_core.learning import LearnParams, Update, new_task_state
 from tally_core.stores.base import (
     Committed,
     StateStore,
@@ -24,7 +24,7 @@ __all__ = ["MemoryStore"]
 class MemoryStore(StateStore):
     """State in a dict behind a lock. The store for tests and simulations.
 
-    >>> from tally_core._state import LearnParams, Update
+    >>> from tally_core.learning import LearnParams, Update
     >>> store = MemoryStore()
     >>> u = Update("default", "qa-simple", "*", "gpt-4o-mini", 1.0, False, 300.0, 20, 0.0001)
     >>> store.apply("b1", [u], LearnParams()).applied, store.apply("b1", [u], LearnParams()).applied

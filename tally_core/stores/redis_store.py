@@ -9,8 +9,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from tally_core._state import LearnParams, Update, new_task_state
 from tally_core.errors import InvalidFieldError, StoreError
+from tally_core.learning import LearnParams, Update, new_task_state
 from tally_core.stores.base import (
     Committed,
     StateStore,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tally_core.sim import Scenario, load_scenario, run_comparison, simulate
+from tally_core.eval.sim import Scenario, load_scenario, run_comparison, simulate
 from tally_litellm.baseline import ROUTERS, LiteLLMAdaptiveRouter
 
 

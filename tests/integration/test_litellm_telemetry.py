@@ -283,8 +283,12 @@ def test_no_prompt_or_completion_text_is_stored(tmp_path: Path):
         msgs = [{"role": "user", "content": f"my secret is {canary}"}]
         for _ in range(6):
             try:
+                # haiku (the erroring one) is the cheapest allowed, so it is
+                # routed to whatever order calibration takes.
                 router.completion(model="auto", messages=msgs,
-                                  metadata={"tally": {"task_type": "qa-simple", "tags": ["t"]}})
+                                  metadata={"tally": {"task_type": "qa-simple", "tags": ["t"],
+                                                      "allowed_models": ["claude-haiku-4-5",
+                                                                         "gpt-4o"]}})
             except Exception:
                 pass
         assert strategy.flush()

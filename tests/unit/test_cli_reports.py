@@ -185,7 +185,7 @@ def test_help_has_examples() -> None:
 
 
 def test_bench_passes_its_arguments_through(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tally_core import bench
+    from tally_core.eval import bench
 
     seen: dict[str, Any] = {}
 

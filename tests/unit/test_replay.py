@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from tally_core import bench
 from tally_core.errors import InvalidFieldError
-from tally_core.replay import (
+from tally_core.eval import bench
+from tally_core.eval.replay import (
     ReplayFileError,
     example_path,
     load_table,
@@ -365,11 +365,11 @@ def test_errors_are_value_errors_that_pickle(tmp_path: Path) -> None:
 
 
 def test_example_ships_in_the_package() -> None:
-    res = resources.files("tally_core").joinpath("scenarios", "replay-example.csv")
+    res = resources.files("tally_core.eval").joinpath("scenarios", "replay-example.csv")
     assert res.is_file()
     assert example_path().stat().st_size < 300_000
     pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
-    assert '"scenarios/*.csv"' in pyproject.read_text(encoding="utf-8")
+    assert '"eval/scenarios/*.csv"' in pyproject.read_text(encoding="utf-8")
     t = load_table("replay-example")  # by name, as after an install
     assert len(t.prompts) == 300 and t.rows == 300 * 6
     assert t.best_model() == "o1" and t.models[0] == "gemini-2.5-flash-lite"
@@ -440,6 +440,8 @@ def test_bench_replay_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
             "always-cheapest, threshold",
             "--calls",
             "10",
+            "--orders",
+            "1",
             "--json",
             str(out),
         ]
@@ -452,6 +454,26 @@ def test_bench_replay_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert saved["source"] == "replay"
     assert saved["routers"]["oracle"]["cost_usd"] == pytest.approx(2 * 0.062)
     assert bench.format_table(saved).splitlines()[0] == text.splitlines()[0]
+
+
+def test_bench_replay_reports_a_distribution_over_orders(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "d.json"
+    argv = ["replay", str(write(tmp_path, TINY)), "--routers", "tally", "--shuffle"]
+    code = bench.main([*argv, "--calls", "40", "--orders", "3", "--json", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "3 orders (seeds 1-3)" in text.splitlines()[0]
+    saved = json.loads(out.read_text(encoding="utf-8"))
+    assert saved["seeds"] == [1, 2, 3]
+    tally = saved["routers"]["tally"]
+    shares = sorted(s["share"] for s in tally["per_seed"])
+    assert tally["share"]["mean"] == pytest.approx(sum(shares) / 3)
+    assert shares[0] <= tally["share"]["p10"] <= tally["share"]["p90"] <= shares[-1]
+    # The oracle is the yardstick: its share is 1 on every order.
+    assert saved["routers"]["oracle"]["share"]["p10"] == pytest.approx(1.0)
+    assert bench.main([*argv, "--orders", "0"]) == 2
 
 
 def test_bench_replay_command_reports_a_bad_file(

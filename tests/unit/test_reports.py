@@ -14,8 +14,8 @@ import pytest
 
 from tally_core import InvalidFieldError, Ledger, Tally, TallyError, reports
 from tally_core import catalog as catalog_mod
+from tally_core.eval.sim import TallyRouter, load_scenario, simulate
 from tally_core.ledger import COLUMNS
-from tally_core.sim import TallyRouter, load_scenario, simulate
 
 D = datetime(2025, 6, 1, tzinfo=timezone.utc).timestamp()  # a Sunday, 00:00 UTC
 H = 3600.0

@@ -1,11 +1,11 @@
-"""Baseline routers and ``run_comparison`` in ``tally_core.sim``: real numbers
+"""Baseline routers and ``run_comparison`` in ``tally_core.eval.sim``: real numbers
 from short seeded runs (no timing assertions)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tally_core.sim import (
+from tally_core.eval.sim import (
     CheapestRouter,
     EpsilonGreedyRouter,
     FixedRouter,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tally_core.catalog import Catalog
-from tally_core.sim import OracleRouter, Scenario, TallyRouter, load_scenario, simulate
+from tally_core.eval.sim import OracleRouter, Scenario, TallyRouter, load_scenario, simulate
 
 THREE = {
     "name": "three-models",
@@ -114,7 +114,7 @@ def test_shipped_scenarios_load() -> None:
 
 
 def test_drift_recovery_is_the_first_call_after_which_every_window_is_near_the_oracle() -> None:
-    from tally_core.sim import SimResult, _recovery
+    from tally_core.eval.sim import SimResult, _recovery
 
     def result(trace: list[tuple[int, str, float, bool]]) -> SimResult:
         return SimResult("r", len(trace), 0.0, 0.0, 0, 0, {}, {}, trace=trace)

@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from tally_core import DiskStore, MemoryStore, RedisStore, StateStore, StoreError
-from tally_core._state import LearnParams, Update
+from tally_core.learning import LearnParams, Update
 
 P = LearnParams()
 

@@ -1,7 +1,7 @@
 """A workload simulator: a model pool, task types with a traffic mix and a true
 quality per (task type, model), and routers compared on the same seeded stream.
 
-Scenarios are JSON files (``tally_core/scenarios/*.json``, or any path):
+Scenarios are JSON files (``tally_core/eval/scenarios/*.json``, or any path):
 
 .. code-block:: json
 
@@ -134,7 +134,7 @@ class Scenario:
 
 def scenario_names() -> list[str]:
     """Scenarios shipped with Tally."""
-    folder = resources.files("tally_core").joinpath("scenarios")
+    folder = resources.files("tally_core.eval").joinpath("scenarios")
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
 
 
@@ -144,7 +144,7 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
     if p.suffix == ".json" or p.exists():
         text = p.read_text(encoding="utf-8")
     else:
-        res = resources.files("tally_core").joinpath("scenarios", f"{name_or_path}.json")
+        res = resources.files("tally_core.eval").joinpath("scenarios", f"{name_or_path}.json")
         if not res.is_file():
             raise InvalidFieldError(
                 "scenario", f"no scenario {name_or_path!r}; shipped: {', '.join(scenario_names())}"
@@ -680,7 +680,7 @@ def simulate(
 
 class _Recorder:
     """One router's figures, call by call: what ``simulate`` and
-    ``tally_core.replay`` both count, so the two report the same metrics.
+    ``tally_core.eval.replay`` both count, so the two report the same metrics.
 
     ``quality`` is what the call is scored at (the simulator: the chosen
     model's true mean); ``truth`` is what a floor violation is judged on

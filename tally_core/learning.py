@@ -4,13 +4,21 @@ One ``TaskState`` per (org, task_type)::
 
     {"clock": 1234.0,                       # outcomes seen for this task type
      "cells": {"*": {model: arm, ...},      # task level
-               "json|short|0|n": {...}}}    # finer context cells
+               "json|short|0|n": {...}},    # finer context cells
+     "policy": {"learn": 140.0,                     # what the policy keeps per task
+                "leader": {"0.8": "gpt-4o-mini"}}}
 
 An *arm* is a flat list of floats (indices below), so it serialises as JSON
-for Redis and pickles small for diskcache. Evidence is discounted lazily: an
-arm remembers the clock of its last update and the decay since then is
-applied when it is next read or written. Stores own atomicity; this module
-owns the maths, so every store learns identically.
+for Redis and pickles small for diskcache. Evidence is kept, not discounted
+on a clock: a model's old outcomes predict it until the drift detector (a
+fast window against the long run) says it changed, and then only the fast
+window is kept. A finite ``half_life`` still discounts, for those who want
+it. The ``policy`` part is the routing policy's own per-task memory, folded
+from the phase each outcome's decision carried: its learning calls, and
+the model each floor is exploited on (hysteresis); each arm also
+counts the calls it took to be learned, so the policy can price the risk
+its learning has spent by what it knows now.
+Stores own atomicity; this module owns the maths, so every store learns identically.
 """
 
 from __future__ import annotations
@@ -19,7 +27,20 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ArmView", "LearnParams", "Update", "apply_updates", "arm_view", "new_task_state"]
+__all__ = [
+    "EMPTY_VIEW",
+    "TASK_CELL",
+    "ArmView",
+    "LearnParams",
+    "TaskMemory",
+    "Update",
+    "apply_updates",
+    "arm_view",
+    "EMPTY_MEMORY",
+    "floor_key",
+    "new_task_state",
+    "task_memory",
+]
 
 # Arm layout.
 W, S, S2, T = 0, 1, 2, 3  # slow quality stats, discounted on the task clock
@@ -29,7 +50,14 @@ OW, OS = 9, 10  # output tokens
 CALLS, COST, ERRS = 11, 12, 13  # raw totals, never discounted
 EW, ES, TERR = 14, 15, 16  # recent error share (own-observation decay), clock of last error
 RESETS, QN = 17, 18  # drift resets, quality observations (raw)
-ARM_LEN = 19
+GRADED = 19  # quality observations strictly between 0 and 1 (raw)
+IW, IS = 20, 21  # input tokens
+PAID, PCOST = 22, 23  # calls that did not error, and their cost (raw): realised cost per call
+RISKY = 24  # calls routed to it to learn it (raw; capped at the fast window on drift)
+ARM_LEN = 25
+
+#: Phases of the calls spent learning (on a model not yet proven).
+LEARNING_PHASES = ("calibrate", "explore")
 
 TASK_CELL = "*"
 
@@ -38,7 +66,7 @@ TASK_CELL = "*"
 class LearnParams:
     """How evidence is weighed. Shared by every store so they learn alike."""
 
-    half_life: float = 1000.0  # task-type outcomes until old evidence counts half
+    half_life: float = math.inf  # task-type outcomes until old evidence counts half
     fast_half_life: float = 25.0  # an arm's own outcomes, for the drift detector
     drift_z: float = 3.5  # fast vs slow mean gap, in standard errors, that resets
     drift_min: float = 10.0  # fast evidence needed before the detector may fire
@@ -64,10 +92,44 @@ class Update:
     # A quality that arrives without a call of its own (feedback for a call
     # that had none): it counts as evidence, not as another call.
     outcome_only: bool = False
+    input_tokens: int | None = None
+    # What the decision behind this call said, for the policy's memory: its
+    # phase and its floor (``floor_key``).
+    phase: str | None = None
+    floor: str | None = None
+
+
+def floor_key(floor: float | None) -> str:
+    """How the policy's memory names a floor: ``"0.8"``, or ``"parity"``.
+
+    >>> floor_key(0.80), floor_key(None)
+    ('0.8', 'parity')
+    """
+    return "parity" if floor is None else f"{round(float(floor), 4):g}"
 
 
 def new_task_state() -> dict[str, Any]:
-    return {"clock": 0.0, "cells": {}}
+    return {"clock": 0.0, "cells": {}, "policy": _new_memory()}
+
+
+def _new_memory() -> dict[str, Any]:
+    return {"learn": 0.0, "leader": {}}
+
+
+def _remember(state: dict[str, Any], u: Update) -> None:
+    """Fold what the decision behind ``u`` did into the policy's memory."""
+    if u.phase is None or u.outcome_only:
+        return
+    mem = state.get("policy")
+    if mem is None:
+        mem = state["policy"] = _new_memory()
+    if u.phase in LEARNING_PHASES:
+        mem["learn"] += 1.0
+    if u.floor is not None:
+        if u.phase == "exploit":
+            mem["leader"][u.floor] = u.model
+        elif u.phase == "fallback":
+            mem["leader"].pop(u.floor, None)
 
 
 def _arm(cells: dict[str, Any], cell: str, model: str) -> list[float]:
@@ -84,7 +146,7 @@ def _arm(cells: dict[str, Any], cell: str, model: str) -> list[float]:
 
 def _decay(arm: list[float], clock: float, half_life: float) -> None:
     gap = clock - arm[T]
-    if gap > 0:
+    if gap > 0 and half_life != math.inf:
         d = 0.5 ** (gap / half_life)
         arm[W] *= d
         arm[S] *= d
@@ -138,6 +200,14 @@ def _apply_one(state: dict[str, Any], u: Update, p: LearnParams) -> None:
         if not u.outcome_only:
             arm[CALLS] += 1.0
             arm[COST] += u.cost_usd
+            if u.phase in LEARNING_PHASES:
+                arm[RISKY] += 1.0
+            if not u.errored:
+                arm[PAID] += 1.0
+                arm[PCOST] += u.cost_usd
+                if u.input_tokens is not None:
+                    arm[IW] += 1.0
+                    arm[IS] += u.input_tokens
             arm[EW] = arm[EW] * g_err + 1.0
             arm[ES] = arm[ES] * g_err + (1.0 if u.errored else 0.0)
         if u.errored:
@@ -152,6 +222,8 @@ def _apply_one(state: dict[str, Any], u: Update, p: LearnParams) -> None:
         if u.quality is not None:
             q = u.quality
             arm[QN] += 1.0
+            if 0.0 < q < 1.0:
+                arm[GRADED] += 1.0
             arm[W] += 1.0
             arm[S] += q
             arm[S2] += q * q
@@ -161,9 +233,11 @@ def _apply_one(state: dict[str, Any], u: Update, p: LearnParams) -> None:
             if _drifted(arm, p):
                 # The model changed: what it did before no longer predicts it.
                 arm[W], arm[S], arm[S2] = arm[FW], arm[FS], arm[FS2]
+                arm[RISKY] = min(arm[RISKY], arm[FW])
                 arm[RESETS] += 1.0
         if cell == u.cell:  # the task cell itself was the finest cell
             break
+    _remember(state, u)
 
 
 def apply_updates(state: dict[str, Any], updates: list[Update], params: LearnParams) -> None:
@@ -176,7 +250,7 @@ def apply_updates(state: dict[str, Any], updates: list[Update], params: LearnPar
 class ArmView:
     """An arm as routing reads it, decayed to the task's current clock."""
 
-    n: float  # effective (discounted) quality observations
+    n: float  # effective quality observations (discounted only with a finite half-life)
     mean: float  # posterior mean quality
     se: float  # posterior standard error of the mean
     latency_ms: float | None
@@ -188,6 +262,12 @@ class ArmView:
     cost_usd: float
     quality_obs: int
     resets: int
+    total: float = 0.0  # sum of the qualities behind ``n`` (successes, for 0/1 outcomes)
+    binary: bool = True  # every quality seen was 0 or 1: the posterior is a Beta
+    input_tokens: float | None = None
+    cost_per_call: float | None = None  # realised: cost of the calls that did not error / them
+    paid_calls: int = 0
+    risky_calls: float = 0.0  # calls it took in a learning phase (see the module docstring)
 
 
 # Prior: one pseudo-observation at 0.5 with a wide spread, so a handful of
@@ -211,8 +291,10 @@ EMPTY_VIEW = ArmView(
 
 
 def arm_view(arm: list[float], clock: float, params: LearnParams) -> ArmView:
+    if len(arm) < ARM_LEN:  # state written by an older version
+        arm = [*arm, *([0.0] * (ARM_LEN - len(arm)))]
     gap = max(clock - arm[T], 0.0)
-    d = 0.5 ** (gap / params.half_life) if gap else 1.0
+    d = 0.5 ** (gap / params.half_life) if gap and params.half_life != math.inf else 1.0
     n, s, s2 = arm[W] * d, arm[S] * d, arm[S2] * d
     mean = (s + PRIOR_N * PRIOR_MEAN) / (n + PRIOR_N)
     emp = s / n if n > 0 else PRIOR_MEAN
@@ -232,4 +314,36 @@ def arm_view(arm: list[float], clock: float, params: LearnParams) -> ArmView:
         cost_usd=arm[COST],
         quality_obs=int(arm[QN]),
         resets=int(arm[RESETS]),
+        total=s,
+        binary=arm[GRADED] == 0.0,
+        input_tokens=arm[IS] / arm[IW] if arm[IW] > 0 else None,
+        cost_per_call=arm[PCOST] / arm[PAID] if arm[PAID] > 0 else None,
+        paid_calls=int(arm[PAID]),
+        risky_calls=arm[RISKY],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TaskMemory:
+    """The routing policy's memory of one task type (see the module docstring)."""
+
+    clock: float = 0.0  # outcomes of the task type
+    learn: float = 0.0  # calls spent learning (calibrate and explore phases)
+    leader: tuple[tuple[str, str], ...] = ()  # (floor_key, model) exploited last
+
+    def leader_for(self, floor: float | None) -> str | None:
+        key = floor_key(floor)
+        return next((m for k, m in self.leader if k == key), None)
+
+
+EMPTY_MEMORY = TaskMemory()
+
+
+def task_memory(state: dict[str, Any]) -> TaskMemory:
+    """The policy's memory in a task state, as routing reads it."""
+    mem = state.get("policy") or {}
+    return TaskMemory(
+        clock=float(state.get("clock", 0.0)),
+        learn=float(mem.get("learn", 0.0)),
+        leader=tuple(sorted((mem.get("leader") or {}).items())),
     )

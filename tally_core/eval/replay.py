@@ -4,8 +4,8 @@ Many teams have evaluation runs where several models answered the same
 prompts and were graded. ``replay`` turns such a table into a stream of calls,
 one per prompt: each router chooses a model for the prompt and then learns
 only the logged outcome of *that* model, while the oracle knows every row.
-The figures are the simulator's (``tally_core.sim.run_comparison``), so
-``tally_core.bench.format_table`` prints them.
+The figures are the simulator's (``tally_core.eval.sim.run_comparison``), so
+``tally_core.eval.bench.format_table`` prints them.
 
 The table is CSV (a header row, then one row per line) or JSONL (one JSON
 object per line), one row per (prompt, model):
@@ -75,7 +75,7 @@ Prompts run in file order, or shuffled with ``seed`` (``shuffle=True``);
 >>> read_table(rows.replace("0.7,", "1.5,").splitlines(), "csv", name="evals.csv")
 Traceback (most recent call last):
 ...
-tally_core.replay.ReplayFileError: evals.csv, line 4: quality: must be between 0 and 1 ...
+tally_core.eval.replay.ReplayFileError: evals.csv, line 4: quality: must be between 0 and 1 ...
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ from typing import Any
 from tally_core.catalog import Catalog, ModelSpec
 from tally_core.envelope import normalise_task_type
 from tally_core.errors import InvalidFieldError, UnknownModelError
-from tally_core.sim import (
+from tally_core.eval.sim import (
     ROUTER_NAMES,
     OracleRouter,
     RouterFactory,
@@ -287,7 +287,7 @@ def example_path() -> Path:
     """The example table shipped with Tally (``replay-example.csv``): 300
     prompts of the ``seed-landscape`` scenario, each answered by its six
     models (made by ``tools/make_replay_example.py``)."""
-    return Path(str(resources.files("tally_core").joinpath("scenarios", "replay-example.csv")))
+    return Path(str(resources.files("tally_core.eval").joinpath("scenarios", "replay-example.csv")))
 
 
 def load_table(path: str | Path, file_format: str | None = None) -> EvalTable:

@@ -1,10 +1,10 @@
 """Benchmarks: routing overhead (``overhead``), routers compared on a
-simulated workload (``routing``, see ``tally_core.sim``), and the same routers
-replayed on a logged evaluation table (``replay``, see ``tally_core.replay``).
+simulated workload (``routing``, see ``tally_core.eval.sim``), and the same routers
+replayed on a logged evaluation table (``replay``, see ``tally_core.eval.replay``).
 
-Run them with ``python -m tally_core.bench overhead``,
-``python -m tally_core.bench routing --scenario seed-landscape --calls 20000
---seed 1 --json out.json`` or ``python -m tally_core.bench replay evals.csv
+Run them with ``python -m tally_core.eval.bench overhead``,
+``python -m tally_core.eval.bench routing --scenario seed-landscape --calls 20000
+--seed 1 --json out.json`` or ``python -m tally_core.eval.bench replay evals.csv
 --floor 0.8``. Every overhead figure is a median over many timed iterations,
 after warm-up, in one process; absolute times drift on shared machines, so
 compare figures from the same run.
@@ -21,10 +21,26 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["format_table", "import_time", "main", "overhead", "replay", "run_comparison"]
+if TYPE_CHECKING:
+    from tally_core.eval.replay import EvalTable
+
+__all__ = [
+    "distribution",
+    "format_distribution",
+    "format_table",
+    "import_time",
+    "main",
+    "orders",
+    "overhead",
+    "replay",
+    "run_comparison",
+]
+
+#: Stream orders a benchmark runs by default: one draw is never a figure.
+DEFAULT_ORDERS = 10
 
 _TASKS = (
     "classification",
@@ -45,16 +61,16 @@ def run_comparison(
     routers: Sequence[str] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``tally_core.sim.run_comparison``; see there for the figures. ``extra``
+    """``tally_core.eval.sim.run_comparison``; see there for the figures. ``extra``
     adds router factories by name, and their routers to the default set."""
-    from tally_core import sim
+    from tally_core.eval import sim
 
     names = routers or (*sim.ROUTER_NAMES, *(extra or {}))
     return sim.run_comparison(scenario, seed=seed, calls=calls, routers=names, extra=extra)
 
 
 def replay(
-    file: str,
+    file: str | EvalTable,
     floor: str | float | Mapping[str, float | None] | None = 0.8,
     seed: int = 1,
     calls: int | None = None,
@@ -62,15 +78,131 @@ def replay(
     extra: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """``tally_core.replay.replay`` on an evaluation table (CSV or JSONL); see
+    """``tally_core.eval.replay.replay`` on an evaluation table (CSV or JSONL); see
     there for the file and the figures. ``extra`` adds router factories by
     name, and their routers to the default set; ``kwargs`` go to ``replay``
     (``shuffle``, ``warmup``, ``best``, ``file_format``)."""
-    from tally_core import replay as rp
+    from tally_core.eval import replay as rp
 
     return rp.replay(
         file, floor=floor, seed=seed, calls=calls, routers=routers, extra=extra, **kwargs
     )
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated quantile (numpy's default), NaNs left out."""
+    xs = sorted(v for v in values if v == v)
+    if not xs:
+        return float("nan")
+    pos = q * (len(xs) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def distribution(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per router, the mean, p10, p90 (and min, max) over several runs of
+    ``oracle_savings_share`` and ``violation_rate``; each run's figures kept
+    in ``per_seed``. ``results`` are ``run_comparison`` / ``replay`` results.
+
+    >>> runs = [{"seed": s, "routers": {"r": {"oracle_savings_share": x,
+    ...          "violation_rate": v}}} for s, x, v in ((1, 0.9, 0.01), (2, 0.7, 0.03))]
+    >>> d = distribution(runs)["routers"]["r"]
+    >>> round(d["share"]["mean"], 3), round(d["violations"]["p90"], 4)
+    (0.8, 0.028)
+    """
+    if not results:
+        raise ValueError("distribution() needs at least one result")
+    first = results[0]
+    out: dict[str, Any] = {k: v for k, v in first.items() if k not in ("routers", "seed")}
+    out["seeds"] = [r["seed"] for r in results]
+    routers: dict[str, Any] = {}
+    for name in first["routers"]:
+        shares = [float(r["routers"][name]["oracle_savings_share"]) for r in results]
+        viols = [float(r["routers"][name]["violation_rate"]) for r in results]
+        stat: dict[str, Any] = {}
+        for key, xs in (("share", shares), ("violations", viols)):
+            finite = [x for x in xs if x == x]
+            stat[key] = {
+                "mean": sum(finite) / len(finite) if finite else float("nan"),
+                "p10": _quantile(xs, 0.10),
+                "p90": _quantile(xs, 0.90),
+                "min": min(finite, default=float("nan")),
+                "max": max(finite, default=float("nan")),
+            }
+        stat["per_seed"] = [
+            {
+                "seed": r["seed"],
+                "share": s,
+                "violations": v,
+                "adaptation_calls": r["routers"][name].get("adaptation_calls", []),
+            }
+            for r, s, v in zip(results, shares, viols, strict=True)
+        ]
+        routers[name] = stat
+    out["routers"] = routers
+    out["orders"] = len(results)
+    return out
+
+
+def orders(run: Callable[[int], dict[str, Any]], seeds: Sequence[int]) -> dict[str, Any]:
+    """``run(seed)`` for every seed (a stream order each: the replay's shuffle
+    and Tally's draws), summarised by ``distribution``."""
+    return distribution([run(s) for s in seeds])
+
+
+def format_distribution(result: Mapping[str, Any]) -> str:
+    """Plain-text table of a ``distribution``: share of the oracle's savings
+    and floor violations, mean / p10 / p90 over the stream orders."""
+    seeds = result["seeds"]
+    if result.get("source") == "replay":
+        head = (
+            f"replay {result['file']} ({result['prompts']} prompts x "
+            f"{len(result['models'])} models), {result['calls']} calls"
+            f"{', shuffled' if result['shuffle'] else ''}, {_floors_text(result['floors'])}"
+        )
+    else:
+        head = f"scenario {result['scenario']}, {result['calls']} calls"
+    head += f"; {len(seeds)} orders (seeds {seeds[0]}-{seeds[-1]})\n"
+    rows = []
+    for name, d in result["routers"].items():
+        sh, vi = d["share"], d["violations"]
+        rows.append(
+            [
+                name,
+                f"{sh['mean']:.3f}",
+                f"{sh['p10']:.3f}",
+                f"{sh['p90']:.3f}",
+                f"{vi['mean']:.2%}",
+                f"{vi['p10']:.2%}",
+                f"{vi['p90']:.2%}",
+            ]
+        )
+    text = head + _table(
+        [
+            "router",
+            "share mean",
+            "share p10",
+            "share p90",
+            "viol. mean",
+            "viol. p10",
+            "viol. p90",
+        ],
+        rows,
+    )
+    for name, d in result["routers"].items():
+        events = [e for run in d["per_seed"] for e in run.get("adaptation_calls", [])]
+        for kind, model, task in sorted({(e["kind"], e["model"], e["task"]) for e in events}):
+            calls = [
+                str(e["calls_until_adapted"])
+                for e in events
+                if (e["kind"], e["model"], e["task"]) == (kind, model, task)
+            ]
+            text += (
+                f"\n{name}: {kind} {model} on {task} -> adapted after "
+                f"{', '.join(calls)} calls (one figure per order)"
+            )
+    return text
 
 
 def _pool(size: int) -> list[Any]:
@@ -370,7 +502,7 @@ def main(
     argv: Sequence[str] | None = None,
     *,
     extra: Mapping[str, Any] | None = None,
-    prog: str = "python -m tally_core.bench",
+    prog: str = "python -m tally_core.eval.bench",
 ) -> int:
     """The benchmark command. ``extra``: more routers for ``routing`` (see
     ``tally_litellm.bench``, which adds LiteLLM's Adaptive Router)."""
@@ -384,6 +516,13 @@ def main(
     r.add_argument("--calls", type=int, default=None)
     r.add_argument("--seed", type=int, default=1)
     r.add_argument("--routers", default=None, help="comma-separated router names")
+    r.add_argument(
+        "--orders",
+        type=int,
+        default=DEFAULT_ORDERS,
+        help=f"stream orders (seeds SEED, SEED+1, ...; default {DEFAULT_ORDERS}): the table "
+        "reports mean, p10 and p90 over them; 1 prints the single run's full table",
+    )
     r.add_argument("--json", metavar="FILE")
     p = sub.add_parser(
         "replay",
@@ -391,7 +530,7 @@ def main(
         description="Replay an evaluation table -- rows of prompt_id, task_type, model, "
         "quality (0-1 or true/false), input_tokens, output_tokens, and optionally latency_ms "
         "and cost_usd -- through Tally and the baselines: one call per prompt; a router sees "
-        "only the outcome of the model it chose. See tally_core.replay.",
+        "only the outcome of the model it chose. See tally_core.eval.replay.",
     )
     p.add_argument("file", help="a .csv or .jsonl file (or give --format)")
     p.add_argument(
@@ -416,38 +555,62 @@ def main(
         default=None,
         help="comma-separated router names (hindsight: knows each prompt's grades)",
     )
+    p.add_argument(
+        "--orders",
+        type=int,
+        default=DEFAULT_ORDERS,
+        help=f"stream orders (seeds SEED, SEED+1, ...; default {DEFAULT_ORDERS}): the table "
+        "reports mean, p10 and p90 over them; 1 prints the single run's full table",
+    )
     p.add_argument("--json", metavar="FILE")
     args = parser.parse_args(argv)
     from tally_core.errors import TallyError
 
+    n_orders = getattr(args, "orders", 1)
+    if n_orders < 1:
+        print(f"{prog}: error: --orders: must be at least 1, got {n_orders}", file=sys.stderr)
+        return 2
     try:
+        run: Callable[[int], dict[str, Any]]
         if args.what == "overhead":
             result = overhead(quick=args.quick)
-        elif args.what == "replay":
-            result = replay(
-                args.file,
-                floor=args.floor,
-                seed=args.seed,
-                calls=args.calls,
-                routers=[n.strip() for n in args.routers.split(",")] if args.routers else None,
-                extra=extra,
-                shuffle=args.shuffle,
-                warmup=args.warmup,
-                best=args.best,
-                file_format=args.format,
-            )
         else:
-            routers = args.routers.split(",") if args.routers else None
-            result = run_comparison(
-                args.scenario, seed=args.seed, calls=args.calls, routers=routers, extra=extra
-            )
+            if args.what == "replay":
+                from tally_core.eval import replay as rp
+
+                table = rp.load_table(args.file, args.format)
+                names = [n.strip() for n in args.routers.split(",")] if args.routers else None
+
+                def run(seed: int) -> dict[str, Any]:
+                    return replay(
+                        table,
+                        floor=args.floor,
+                        seed=seed,
+                        calls=args.calls,
+                        routers=names,
+                        extra=extra,
+                        shuffle=args.shuffle,
+                        warmup=args.warmup,
+                        best=args.best,
+                    )
+
+            else:
+                routers = args.routers.split(",") if args.routers else None
+
+                def run(seed: int) -> dict[str, Any]:
+                    return run_comparison(
+                        args.scenario, seed=seed, calls=args.calls, routers=routers, extra=extra
+                    )
+
+            seeds = list(range(args.seed, args.seed + n_orders))
+            result = run(seeds[0]) if n_orders == 1 else orders(run, seeds)
     except (TallyError, OSError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     if args.json:  # before printing, so a closed pipe loses no figures
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=1, default=str)
-    print(format_table(result))
+    print(format_distribution(result) if "seeds" in result else format_table(result))
     return 0
 
 
