@@ -10,6 +10,7 @@ caller's thread or event loop, do O(1) work and never raise into the call.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from langchain_core.messages.utils import count_tokens_approximately
 from pydantic import ValidationError
 
 from tally_core import Envelope, InvalidFieldError, NoCandidateError, RouteDecision, Tally
+from tally_core.infer import infer_fields
 from tally_langchain._common import DEFAULT_TASK_TYPE, LogOnce, error_name, send_telemetry
 
 __all__ = [
@@ -148,6 +150,8 @@ class Pool:
         if tally.fallback not in models:
             raise InvalidFieldError("models", f"no chat model for the fallback {tally.fallback!r}")
         default = dict(envelope)
+        # The envelope as the user gave it: a task type they did not give may be inferred.
+        self._given = dict(default)
         default.setdefault("task_type", DEFAULT_TASK_TYPE)
         Envelope(**default)  # raises InvalidFieldError naming the bad field
         self.tally: Tally = tally
@@ -185,8 +189,10 @@ class Pool:
         decision: RouteDecision | None = None
         name = pin or self.fallback
         try:
-            env = self._envelope(per_call, messages, tools, structured, pin)
+            env, inferred = self._envelope(per_call, messages, tools, structured, pin)
             decision = self.tally.route(env)
+            if inferred:
+                decision = dataclasses.replace(decision, inferred=inferred)
             name = decision.model
             if name not in self.models:
                 self.warn(
@@ -217,6 +223,8 @@ class Pool:
                 "confidence": round(decision.confidence, 6),
                 "task_type": decision.task_type,
             }
+            if decision.inferred:
+                meta["inferred"] = list(decision.inferred)
         else:
             meta = {"decision_id": None, "model": name, "phase": "fallback", "routed": False}
         task_type, org = env.get("task_type"), env.get("org")
@@ -251,10 +259,22 @@ class Pool:
         tools: int,
         structured: bool,
         pin: str | None,
-    ) -> dict[str, Any]:
-        env = dict(self.default)
-        env.update(envelope_dict(per_call, "metadata.tally"))
+    ) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """The call's envelope, and the fields inferred from its messages."""
+        given = dict(self._given)
+        given.update(envelope_dict(per_call, "metadata.tally"))
+        env = {**self.default, **given}
+        inferred: tuple[str, ...] = ()
         if self.infer_envelope:
+            # What the messages say (tally_core.infer, in process): given fields win.
+            fields, names = infer_fields(
+                messages, given, tools=[None] * tools if tools else None,
+                response_format={"type": "json_object"} if structured else None,
+                default=str(self.default["task_type"]),
+            )
+            if names:
+                env = {**self.default, **fields, **given}
+                inferred = names
             if tools and "tools_used" not in env:
                 env["tools_used"] = tools
             if structured and "structure_type" not in env:
@@ -264,7 +284,7 @@ class Pool:
         allowed = self._allowed(env, tools, pin)
         if allowed is not None:
             env["allowed_models"] = allowed
-        return env
+        return env, inferred
 
     def _allowed(
         self, env: Mapping[str, Any], tools: int, pin: str | None

@@ -175,7 +175,10 @@ class ChatTally(BaseChatModel):
     infer_envelope
         Fill fields the envelope leaves unset from the call: ``tools_used``
         from bound tools, ``structure_type="json"`` under
-        ``with_structured_output``, ``context_length`` from the messages.
+        ``with_structured_output``, ``context_length`` from the messages, and ``task_type`` and
+        ``complexity`` read off the messages in process (``tally_core.infer``;
+        never stored), listed in ``response_metadata["tally"]["inferred"]``.
+        Given fields always win. False turns all of it off.
     stop
         Default stop sequences for calls that give none.
     cascade

@@ -179,7 +179,10 @@ class TallyMiddleware(AgentMiddleware):
     infer_envelope
         Fill fields the envelope leaves unset from the call: ``tools_used``
         from the tools bound to the call, ``structure_type="json"`` when the
-        agent has a response format, ``context_length`` from the messages.
+        agent has a response format, ``context_length`` from the messages, and ``task_type`` and
+        ``complexity`` read off the messages in process (``tally_core.infer``;
+        never stored), listed in ``response_metadata["tally"]["inferred"]``.
+        Given fields always win. False turns all of it off.
 
     Each call's decision is on the AI message it produced:
     ``response_metadata["tally"]`` (``decision_id``, ``model``, ``phase``, ...),

@@ -277,10 +277,18 @@ def test_per_call_envelope_from_config_metadata(tally, chat):
     ] * 4
 
 
-def test_default_task_type_is_general(tally):
+def test_task_type_is_inferred_from_the_messages_else_general(tally):
     chat = ChatTally(tally=tally, models=children())
-    chat.invoke("hi")
-    assert rows(tally)[0]["task_type"] == "general"
+    msg = chat.invoke("Translate 'good morning, how are you?' into Italian.")
+    assert rows(tally)[0]["task_type"] == "translation"
+    assert msg.response_metadata["tally"]["inferred"] == ["task_type", "complexity"]
+    given = ChatTally(tally=tally, models=children(), envelope={"task_type": "qa-simple"})
+    msg = given.invoke("Translate 'good morning' into Italian.")
+    assert rows(tally)[1]["task_type"] == "qa-simple"  # a given field always wins
+    assert msg.response_metadata["tally"]["inferred"] == ["complexity"]
+    off = ChatTally(tally=tally, models=children(), infer_envelope=False)
+    off.invoke("Translate 'good morning' into Italian.")
+    assert rows(tally)[2]["task_type"] == "general"
 
 
 def test_context_length_is_inferred_from_the_messages(tally, chat):
