@@ -64,7 +64,10 @@ def test_calls_without_an_envelope_land_in_task_types_that_learn_separately() ->
         assert strategy.flush()
         assert served["translation"]["gpt-4o-mini"] >= 15
         assert served["code-debug"]["gpt-4o-mini"] == 0  # seen failing the floor there
-        assert mini["code-debug"]["phase"] == "excluded"
+        # Seen failing the floor there: never exploited (excluded once the evidence is
+        # strong, which depends on how many learning calls the policy spent on it).
+        assert mini["code-debug"]["phase"] != "exploit"
+        assert mini["code-debug"]["confidence"] < 0.05
         assert strategy.errors == {}
 
 
