@@ -40,6 +40,8 @@ class Attempt:
     created: float = field(default_factory=time.monotonic)
     reported: bool = False
     finished: bool = False
+    # Envelope fields read off the messages (tally_core.infer), for get_decision().
+    inferred: tuple[str, ...] = ()
     # The caller's compliance rules (allowed_models / allowed_providers), for shadow copies.
     rules: dict[str, Any] | None = None
     # A grade given before the outcome was reported (a cascade's checks): sent with it.
@@ -71,7 +73,7 @@ class Attempt:
             "deployment_id": self.deployment_id,
             "routed_by": self.routed_by,
             "call_id": self.call_id,
-            "inferred": list(d.inferred) if d is not None else [],
+            "inferred": list(self.inferred),
         }
 
 

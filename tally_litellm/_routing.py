@@ -24,7 +24,6 @@ which holds on every LiteLLM version and for streams too.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import random
@@ -207,6 +206,7 @@ class Choice:
     org: str
     decision: RouteDecision | None = None
     rules: dict[str, Any] | None = None  # the caller's allowed_models / allowed_providers
+    inferred: tuple[str, ...] = ()  # envelope fields read off the messages
 
 
 class RoutingState:
@@ -393,13 +393,13 @@ class RoutingState:
                     tuple(models) if given is None else tuple(m for m in given if m in models)
                 )
             decision = self.tally.route(env)
-            if inferred:
-                decision = dataclasses.replace(decision, inferred=inferred)
             picks = [d for d, n in usable if n == decision.model]
             if not picks:
                 raise LookupError(f"no deployment in this group serves {decision.model!r}")
+            # What was inferred travels with the attempt, not in a copy of the decision
+            # (the decision stays the object route() made: telemetry takes it as is).
             return Choice(picks, decision.model, "tally", decision.task_type, decision.org,
-                          decision, rules or None)
+                          decision, rules or None, inferred)
         except NoCandidateError:
             # Compliance beats failing open: no permitted model can serve this call, and
             # the fallback may be a forbidden one. The caller gets the error, naming the rule.
@@ -489,7 +489,7 @@ class RoutingState:
             dep = _host.choose(choice.deployments, self._rng)
             self.record(kw, md, model, dep, choice.model, choice.routed_by,
                         decision=choice.decision, task_type=choice.task_type, org=choice.org,
-                        rules=choice.rules)
+                        rules=choice.rules, inferred=choice.inferred)
             return dep
         dep = _host.choose([d for d, _ in _usable([(d, "") for d in group], md, cooldowns)],
                            self._rng)
@@ -556,7 +556,7 @@ class RoutingState:
             dep = _host.choose(choice.deployments, self._rng)
             self.record(kw, md, model, dep, choice.model, choice.routed_by,
                         decision=choice.decision, task_type=choice.task_type, org=choice.org,
-                        own_id=False, rules=choice.rules)
+                        own_id=False, rules=choice.rules, inferred=choice.inferred)
             return [dep]
         except Exception:
             self.once.error("route", "tally: could not filter the deployments", exc_info=True)
@@ -602,6 +602,7 @@ class RoutingState:
             choice.model, choice.routed_by, decision=choice.decision,
             task_type=choice.task_type, org=choice.org,
         )
+        attempt.rules, attempt.inferred = choice.rules, choice.inferred
         context.signals[SIGNAL_KEY] = attempt.info()
         keep = [m for m in dict.fromkeys(_model_string(d) for d in deps) if isinstance(m, str)]
         if keep:
@@ -656,6 +657,7 @@ class RoutingState:
         org: str | None = None,
         own_id: bool = True,
         rules: dict[str, Any] | None = None,
+        inferred: tuple[str, ...] = (),
     ) -> None:
         """Record an attempt and stamp its decision on the request metadata.
 
@@ -673,6 +675,7 @@ class RoutingState:
             decision=decision, decision_id=decision_id, task_type=task_type, org=org,
         )
         attempt.rules = rules
+        attempt.inferred = inferred
         md[DECISION_KEY] = attempt.info()
 
     def bind_call(self, kwargs: Mapping[str, Any]) -> None:
