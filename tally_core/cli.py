@@ -322,8 +322,13 @@ def _store_path(store: str | None) -> tuple[Any, bool]:
 
 def _open_ledger(store: str | None) -> Ledger:
     """The store's ledger, read-only; a one-line error when there is none."""
-    from tally_core.ledger import Ledger
+    from tally_core.ledger import Ledger, is_postgres_url, open_ledger
 
+    if is_postgres_url(store):  # a fleet's shared ledger
+        try:
+            return open_ledger(str(store), readonly=True)
+        except TallyError as exc:
+            raise _fail(str(exc)) from None
     where, _ = _store_path(store)
     path = where if where.is_file() else where / _LEDGER
     if not path.is_file():

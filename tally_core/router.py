@@ -51,7 +51,7 @@ from tally_core.learning import (
     arm_view,
     task_memory,
 )
-from tally_core.ledger import Ledger
+from tally_core.ledger import Ledger, open_ledger
 from tally_core.policy.bandit import FloorBandit
 from tally_core.policy.base import Candidate, Plan, Policy
 from tally_core.policy.floor import prob_clears
@@ -162,7 +162,9 @@ class Tally:
         True (default): telemetry is applied by a worker thread. False applies
         it at once on the caller's thread (simulations, tests).
     ledger
-        A path, ``":memory:"``, a ``Ledger``, or None for the store's default.
+        A path, ``":memory:"``, a ``postgresql://user:pass@host:5432/db`` URL
+        (one call log shared by every replica; needs ``tally-router[postgres]``),
+        a ``Ledger``, or None for the store's default.
     max_queue
         Telemetry events held in memory; beyond it they are spooled to disk
         (replayed by the worker as soon as it catches up).
@@ -286,7 +288,7 @@ class Tally:
                 if ledger is not None
                 else (str(Path(directory) / "ledger.sqlite3") if directory else ":memory:")
             )
-            self.ledger, self._owns_ledger = Ledger(where), True
+            self.ledger, self._owns_ledger = open_ledger(where), True
         # Prices in force from now on: savings reports price each call at its time.
         self.ledger.sync_prices(self.catalog.price_rows())
 

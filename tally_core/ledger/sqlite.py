@@ -9,9 +9,7 @@ Never any prompt or completion text: the row has no column that could hold it.
 from __future__ import annotations
 
 import bisect
-import json
 import logging
-import operator
 import os
 import sqlite3
 import threading
@@ -19,50 +17,25 @@ import time
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from tally_core._brief import cut
 from tally_core.errors import StoreError
+from tally_core.ledger._rows import (
+    COLUMNS,
+    ENVELOPE_COLUMNS,
+    NAMES,
+    PriceRecord,
+    decode_row,
+    encode_row,
+    encode_value,
+    filters,
+    same_price,
+)
 
 __all__ = ["COLUMNS", "ENVELOPE_COLUMNS", "Ledger", "PriceRecord"]
 
-COLUMNS: tuple[tuple[str, str], ...] = (
-    ("event_id", "TEXT PRIMARY KEY"),
-    ("decision_id", "TEXT"),
-    ("ts", "REAL NOT NULL"),
-    ("org", "TEXT NOT NULL"),
-    ("task_type", "TEXT NOT NULL"),
-    ("cell", "TEXT"),
-    ("structure_type", "TEXT"),
-    ("context_length", "TEXT"),
-    ("tools_used", "INTEGER"),
-    ("time_sensitive", "INTEGER"),
-    ("quality_floor", "REAL"),
-    ("tags", "TEXT"),
-    ("model", "TEXT NOT NULL"),
-    ("phase", "TEXT"),
-    ("confidence", "REAL"),
-    ("holdout", "INTEGER"),
-    ("input_tokens", "INTEGER"),
-    ("output_tokens", "INTEGER"),
-    ("latency_ms", "REAL"),
-    ("cost_usd", "REAL"),
-    ("input_cost_per_mtok", "REAL"),
-    ("output_cost_per_mtok", "REAL"),
-    ("success", "INTEGER"),
-    ("quality", "REAL"),
-    ("slugs", "TEXT"),
-    ("error", "TEXT"),
-    ("quality_applied", "REAL"),
-    ("clock", "REAL"),
-    ("feedback_ts", "REAL"),
-)
-_NAMES = tuple(c for c, _ in COLUMNS)
-#: The envelope's columns, for rows of calls that had none.
-ENVELOPE_COLUMNS = (
-    "structure_type", "context_length", "tools_used", "time_sensitive", "quality_floor", "tags",
-)
-_MARKS = ", ".join("?" for _ in _NAMES)
+_MARKS = ", ".join("?" for _ in NAMES)
 # Errors that belong to one row's values, not to the database.
 _ROW_ERRORS = (
     OverflowError,
@@ -74,18 +47,6 @@ _ROW_ERRORS = (
 )
 _ABANDONED: list[sqlite3.Connection] = []  # inherited across fork: kept, never closed
 log = logging.getLogger("tally.ledger")
-_JSON_COLS = ("tags", "slugs")
-_FILTERS = {"org": "org = ?", "task_type": "task_type = ?", "model": "model = ?"}
-
-
-class PriceRecord(NamedTuple):
-    """A model's price from ``ts`` on (USD per million tokens) and where it came from."""
-
-    ts: float
-    model: str
-    input_cost_per_mtok: float
-    output_cost_per_mtok: float
-    source: str
 
 
 class Ledger:
@@ -192,13 +153,13 @@ class Ledger:
         """
         if not rows:
             return 0, []
-        sql = f"INSERT OR IGNORE INTO calls ({', '.join(_NAMES)}) VALUES ({_MARKS})"
+        sql = f"INSERT OR IGNORE INTO calls ({', '.join(NAMES)}) VALUES ({_MARKS})"
         rejected: list[tuple[int, str]] = []
         values: list[list[Any]] = []
         at: list[int] = []
         for i, r in enumerate(rows):
             try:
-                values.append(_encode_row(r))
+                values.append(encode_row(r))
                 at.append(i)
             except (TypeError, ValueError) as exc:
                 rejected.append((i, f"{type(exc).__name__}: {cut(str(exc))}"))
@@ -284,12 +245,12 @@ class Ledger:
         with self._lock:
             self._check_pid()
             cur = self._db.execute(
-                f"SELECT {', '.join(_NAMES)} FROM calls WHERE decision_id = ? "
+                f"SELECT {', '.join(NAMES)} FROM calls WHERE decision_id = ? "
                 "ORDER BY ts DESC LIMIT 1",
                 (decision_id,),
             )
             row = cur.fetchone()
-        return None if row is None else _decode(row)
+        return None if row is None else decode_row(row)
 
     def set_feedback(
         self, decision_id: str, quality: float, slugs: Sequence[str] | None, ts: float
@@ -303,7 +264,7 @@ class Ledger:
                     "slugs = COALESCE(?, slugs), feedback_ts = ? "
                     "WHERE rowid = (SELECT rowid FROM calls WHERE decision_id = ? "
                     "ORDER BY ts DESC LIMIT 1)",
-                    (quality, quality, _encode("slugs", slugs), ts, decision_id),
+                    (quality, quality, encode_value("slugs", slugs), ts, decision_id),
                 )
             except sqlite3.Error as exc:
                 raise StoreError(f"ledger write failed: {exc}") from exc
@@ -353,7 +314,7 @@ class Ledger:
                         "WHERE model = ? AND ts <= ? ORDER BY ts DESC, rowid DESC LIMIT 1",
                         (model, when),
                     ).fetchone()
-                    if cur is not None and _same(cur[0], inp) and _same(cur[1], outp):
+                    if cur is not None and same_price(cur[0], inp) and same_price(cur[1], outp):
                         continue
                     rec = PriceRecord(when, model, inp, outp, source)
                     self._db.execute("INSERT INTO prices VALUES (?, ?, ?, ?, ?)", tuple(rec))
@@ -400,7 +361,7 @@ class Ledger:
     ) -> Iterator[dict[str, Any]]:
         """Rows in time order, filtered; streamed in batches so any size fits."""
         for row in self.select(
-            _NAMES,
+            NAMES,
             since=since,
             until=until,
             org=org,
@@ -408,7 +369,7 @@ class Ledger:
             model=model,
             batch_size=batch_size,
         ):
-            yield _decode(row)
+            yield decode_row(row)
 
     def select(
         self,
@@ -426,10 +387,10 @@ class Ledger:
         Pages by (ts, rowid), not OFFSET, so reading a million rows stays
         linear; the lock is released between pages, so writers are not held up.
         """
-        bad = [c for c in columns if c not in _NAMES]
+        bad = [c for c in columns if c not in NAMES]
         if bad:
             raise ValueError(f"unknown ledger columns: {bad}")
-        where, args = _where(since, until, org, task_type, model)
+        where, args = filters(since, until, org, task_type, model)
         head = f"SELECT rowid, {', '.join(columns)} FROM calls"
         order = " ORDER BY ts, rowid LIMIT ?"
         ts_at = list(columns).index("ts") + 1 if "ts" in columns else None
@@ -486,7 +447,7 @@ class Ledger:
     ) -> dict[str, tuple[int, int, float | None]]:
         """Per model: (calls, holdout calls, highest input + output price per M
         tokens recorded on its calls), for the rows matching the filters."""
-        where, args = _where(since, until, org, task_type, None)
+        where, args = filters(since, until, org, task_type, None)
         sql = (
             "SELECT model, COUNT(*), SUM(CASE WHEN holdout THEN 1 ELSE 0 END), "
             "MAX(input_cost_per_mtok + output_cost_per_mtok) FROM calls"
@@ -508,7 +469,7 @@ class Ledger:
         model: str | None = None,
     ) -> tuple[int, float | None, float | None]:
         """(rows, first ts, last ts) matching the filters."""
-        where, args = _where(since, until, org, task_type, model)
+        where, args = filters(since, until, org, task_type, model)
         sql = "SELECT COUNT(*), MIN(ts), MAX(ts) FROM calls"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -522,65 +483,3 @@ class Ledger:
             if not self._closed:
                 self._closed = True
                 self._db.close()
-
-
-_JSON_AT = tuple(i for i, c in enumerate(_NAMES) if c in _JSON_COLS)
-
-
-_ROW = operator.itemgetter(*_NAMES)
-
-
-def _encode_row(row: dict[str, Any]) -> list[Any]:
-    """A row's values in column order (sqlite3 stores bools as 0/1 itself)."""
-    try:
-        values = list(_ROW(row))  # a complete row (the recorder's): one C call
-    except KeyError:
-        get = row.get
-        values = [get(c) for c in _NAMES]
-    for i in _JSON_AT:
-        v = values[i]
-        if v is not None:
-            values[i] = json.dumps(list(v)) if v else "[]"
-    return values
-
-
-def _where(
-    since: float | None,
-    until: float | None,
-    org: str | None,
-    task_type: str | None,
-    model: str | None,
-) -> tuple[list[str], list[Any]]:
-    where: list[str] = []
-    args: list[Any] = []
-    if since is not None:
-        where.append("ts >= ?")
-        args.append(since)
-    if until is not None:
-        where.append("ts < ?")
-        args.append(until)
-    for name, value in (("org", org), ("task_type", task_type), ("model", model)):
-        if value is not None:
-            where.append(_FILTERS[name])
-            args.append(value)
-    return where, args
-
-
-def _same(a: float | None, b: float) -> bool:
-    return a is not None and abs(float(a) - b) <= 1e-12 * max(1.0, abs(b))
-
-
-def _encode(col: str, value: Any) -> Any:
-    if col in _JSON_COLS:
-        return None if value is None else json.dumps(list(value))
-    if isinstance(value, bool):
-        return int(value)
-    return value
-
-
-def _decode(row: Sequence[Any]) -> dict[str, Any]:
-    out = dict(zip(_NAMES, row, strict=True))
-    for col in _JSON_COLS:
-        if out[col] is not None:
-            out[col] = json.loads(out[col])
-    return out

@@ -1,0 +1,452 @@
+"""The ledger on PostgreSQL: one call log that every replica of a fleet writes.
+
+``PostgresLedger("postgresql://user:pass@host:5432/db")`` is a ``Ledger``
+(same rows, same queries, same answers) whose tables live in PostgreSQL, as
+LiteLLM's proxy keeps its spend logs. Tally creates the schema (and records
+its version in ``tally_ledger_schema``); a batch is inserted in one
+transaction with ``ON CONFLICT (event_id) DO NOTHING``, so a batch replayed
+after an outage never doubles a row. A server that cannot be reached raises
+``StoreError`` naming the server (never the password): the telemetry queue
+keeps the batch, retries it in order and spools it, as for the state store.
+
+Needs psycopg 3: ``pip install 'tally-router[postgres]'``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from tally_core._brief import cut
+from tally_core.errors import StoreError
+from tally_core.ledger._rows import (
+    COLUMNS,
+    NAMES,
+    PriceRecord,
+    decode_row,
+    encode_row,
+    encode_value,
+    filters,
+    same_price,
+)
+from tally_core.ledger.sqlite import Ledger
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["SCHEMA_VERSION", "PostgresLedger", "redact_url"]
+
+#: The schema this code writes; a database at a newer version is refused.
+SCHEMA_VERSION = 1
+# SQLite's affinities, in PostgreSQL's words (REAL there is 4 bytes: too few).
+_TYPES = {"REAL": "DOUBLE PRECISION", "INTEGER": "BIGINT"}
+# One advisory lock id for "creating Tally's schema", so replicas that start
+# together do not race on CREATE TABLE.
+_SCHEMA_LOCK = 0x7A11_1ED6
+_ABANDONED: list[Any] = []  # connections inherited across fork: kept, never closed
+
+
+def _psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError as exc:
+        raise ImportError(
+            "PostgresLedger needs psycopg 3: pip install 'tally-router[postgres]'"
+        ) from exc
+    return psycopg
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password, fit for logs and errors.
+
+    >>> redact_url("postgresql://tally:s3cret@db.internal:5432/calls")
+    'postgresql://tally@db.internal:5432/calls'
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}@{host}" if parts.username else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _schema() -> list[str]:
+    cols = ", ".join(
+        f"{c} {' '.join(_TYPES.get(w, w) for w in t.split())}" for c, t in COLUMNS
+    )
+    return [
+        "CREATE TABLE IF NOT EXISTS tally_ledger_schema "
+        "(version INTEGER NOT NULL, applied_at DOUBLE PRECISION NOT NULL)",
+        # seq: insertion order, the tie-break SQLite's rowid gives.
+        f"CREATE TABLE IF NOT EXISTS calls (seq BIGSERIAL, {cols})",
+        "CREATE INDEX IF NOT EXISTS calls_decision ON calls(decision_id)",
+        "CREATE INDEX IF NOT EXISTS calls_ts ON calls(ts, seq)",
+        "CREATE TABLE IF NOT EXISTS prices (seq BIGSERIAL PRIMARY KEY, ts DOUBLE PRECISION, "
+        "model TEXT, input_cost_per_mtok DOUBLE PRECISION, "
+        "output_cost_per_mtok DOUBLE PRECISION, source TEXT)",
+        "CREATE INDEX IF NOT EXISTS prices_model ON prices(model, ts)",
+        "CREATE TABLE IF NOT EXISTS rejected (seq BIGSERIAL PRIMARY KEY, "
+        "ts DOUBLE PRECISION, event_id TEXT, decision_id TEXT, field TEXT, reason TEXT)",
+    ]
+
+
+_INSERT = (
+    f"INSERT INTO calls ({', '.join(NAMES)}) VALUES ({', '.join('%s' for _ in NAMES)}) "
+    "ON CONFLICT (event_id) DO NOTHING"
+)
+
+
+class PostgresLedger(Ledger):
+    """The call log in a PostgreSQL database, shared by every replica.
+
+    Parameters
+    ----------
+    url
+        ``postgresql://user:password@host:5432/dbname`` (libpq's URL; query
+        parameters such as ``sslmode=require`` pass through).
+    readonly
+        Open an existing ledger for reports, never creating or writing one.
+    connect_timeout_s
+        How long to wait for the server before calling it unreachable.
+    """
+
+    def __init__(
+        self, url: str, *, readonly: bool = False, connect_timeout_s: float = 5.0
+    ) -> None:
+        self._pg = _psycopg()
+        self._url = url
+        self.path = redact_url(url)
+        self.readonly = readonly
+        self._has_prices = True
+        self._timeout = max(1, round(connect_timeout_s))
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._closed = False
+        if hasattr(os, "register_at_fork"):
+            ref = weakref.WeakMethod(self._after_fork)
+            os.register_at_fork(after_in_child=lambda: (m := ref()) and m())
+        with self._use() as conn:
+            if readonly:
+                found = conn.execute("SELECT to_regclass('calls') IS NOT NULL").fetchone()
+                if not (found and found[0]):
+                    raise StoreError(f"{self.path} is not a Tally ledger (no calls table)")
+                return
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                for stmt in _schema():
+                    conn.execute(stmt)
+                row = conn.execute("SELECT MAX(version) FROM tally_ledger_schema").fetchone()
+                have = row[0] if row else None
+                if have is None:
+                    conn.execute(
+                        "INSERT INTO tally_ledger_schema VALUES (%s, %s)",
+                        (SCHEMA_VERSION, time.time()),
+                    )
+                elif have > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"the ledger at {self.path} has schema version {have}; this Tally "
+                        f"knows up to {SCHEMA_VERSION}: upgrade tally-router"
+                    )
+
+    # -- the connection --------------------------------------------------------
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def _use(self) -> Iterator[psycopg.Connection[Any]]:
+        """The connection, under the lock; connection faults become ``StoreError``."""
+        pg = self._pg
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"the ledger at {self.path} is closed")
+            if self._pid != os.getpid():
+                # A connection must never cross a fork: the child opens its own.
+                if self._conn is not None:
+                    _ABANDONED.append(self._conn)
+                self._conn, self._pid = None, os.getpid()
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = pg.connect(
+                        self._url, autocommit=True, connect_timeout=self._timeout
+                    )
+                yield self._conn
+            except (pg.OperationalError, pg.InterfaceError) as exc:
+                self._drop()
+                raise StoreError(
+                    f"PostgreSQL ledger at {self.path} unreachable: {self._scrub(exc)}"
+                ) from None
+            except pg.Error as exc:
+                raise StoreError(f"ledger at {self.path} failed: {self._scrub(exc)}") from None
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # already broken: nothing more to release
+                pass
+
+    def _scrub(self, exc: BaseException) -> str:
+        msg = cut(str(exc).strip().replace("\n", " "), 300)
+        secret = urlsplit(self._url).password
+        return msg.replace(secret, "***") if secret else msg
+
+    # -- writes ------------------------------------------------------------------
+
+    def write(self, rows: Sequence[dict[str, Any]]) -> tuple[int, list[tuple[int, str]]]:
+        """``append`` that returns (rows new, [(index, reason) of rows left out]).
+
+        One transaction per batch: every storable row is committed, or none is
+        and ``StoreError`` is raised (the queue retries the batch; rows it
+        already holds are skipped by event id).
+        """
+        if not rows:
+            return 0, []
+        pg = self._pg
+        row_errors = (OverflowError, TypeError, ValueError, pg.DataError,
+                      pg.IntegrityError, pg.ProgrammingError)
+        rejected: list[tuple[int, str]] = []
+        values: list[list[Any]] = []
+        at: list[int] = []
+        for i, r in enumerate(rows):
+            try:
+                values.append(encode_row(r))
+                at.append(i)
+            except (TypeError, ValueError) as exc:
+                rejected.append((i, f"{type(exc).__name__}: {cut(str(exc))}"))
+        if not values:
+            return 0, sorted(rejected)
+        with self._use() as conn:
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    cur.executemany(_INSERT, values)
+                    return max(cur.rowcount, 0), sorted(rejected)
+            except row_errors:
+                pass
+            # One row PostgreSQL cannot hold: redo them one by one, each in
+            # a savepoint, leaving out only the bad ones.
+            new = 0
+            with conn.transaction(), conn.cursor() as cur:
+                for i, v in zip(at, values, strict=True):
+                    try:
+                        with conn.transaction():
+                            cur.execute(_INSERT, v)
+                            new += max(cur.rowcount, 0)
+                    except row_errors as exc:
+                        rejected.append((i, f"{type(exc).__name__}: {cut(str(exc))}"))
+            return new, sorted(rejected)
+
+    def record_rejected(
+        self, rows: Iterable[tuple[float | None, str | None, str | None, str, str]]
+    ) -> None:
+        """Remember events that were rejected: (ts, event_id, decision_id, field, reason)."""
+        values = [(ts, e, d, f[:64], cut(r, 300)) for ts, e, d, f, r in rows]
+        if not values:
+            return
+        with self._use() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO rejected (ts, event_id, decision_id, field, reason) "
+                "VALUES (%s, %s, %s, %s, %s)",
+                values,
+            )
+
+    def rejected(self) -> list[dict[str, Any]]:
+        """Events rejected so far, oldest first."""
+        with self._use() as conn:
+            cur = conn.execute(
+                "SELECT ts, event_id, decision_id, field, reason FROM rejected ORDER BY seq"
+            )
+            return [
+                dict(zip(("ts", "event_id", "decision_id", "field", "reason"), r, strict=True))
+                for r in cur
+            ]
+
+    def set_feedback(
+        self, decision_id: str, quality: float, slugs: Sequence[str] | None, ts: float
+    ) -> None:
+        """Record late quality for a decision's call."""
+        with self._use() as conn:
+            conn.execute(
+                "UPDATE calls SET quality = %s, quality_applied = %s, "
+                "slugs = COALESCE(%s, slugs), feedback_ts = %s "
+                "WHERE seq = (SELECT seq FROM calls WHERE decision_id = %s "
+                "ORDER BY ts DESC, seq DESC LIMIT 1)",
+                (quality, quality, encode_value("slugs", slugs), ts, decision_id),
+            )
+
+    def record_prices(self, rows: Iterable[tuple[float, str, float, float, str]]) -> None:
+        """Remember a price change (ts, model, input, output, source)."""
+        values = list(rows)
+        if not values:
+            return
+        with self._use() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO prices (ts, model, input_cost_per_mtok, output_cost_per_mtok, "
+                "source) VALUES (%s, %s, %s, %s, %s)",
+                values,
+            )
+
+    def sync_prices(
+        self,
+        prices: Iterable[tuple[str, float | None, float | None, str]],
+        *,
+        ts: float | None = None,
+    ) -> list[PriceRecord]:
+        """Record the prices that differ from the price in force (see ``Ledger``).
+
+        Replicas starting together serialise on a table lock, so one price
+        change is recorded once, not once per replica.
+        """
+        when = time.time() if ts is None else float(ts)
+        wanted = [
+            (m, float(i), float(o), src) for m, i, o, src in prices
+            if i is not None and o is not None
+        ]
+        if not wanted:
+            return []
+        out: list[PriceRecord] = []
+        with self._use() as conn, conn.transaction():
+            conn.execute("LOCK TABLE prices IN SHARE ROW EXCLUSIVE MODE")
+            for model, inp, outp, source in wanted:
+                cur = conn.execute(
+                    "SELECT input_cost_per_mtok, output_cost_per_mtok FROM prices "
+                    "WHERE model = %s AND ts <= %s ORDER BY ts DESC, seq DESC LIMIT 1",
+                    (model, when),
+                ).fetchone()
+                if cur is not None and same_price(cur[0], inp) and same_price(cur[1], outp):
+                    continue
+                rec = PriceRecord(when, model, inp, outp, source)
+                conn.execute(
+                    "INSERT INTO prices (ts, model, input_cost_per_mtok, output_cost_per_mtok, "
+                    "source) VALUES (%s, %s, %s, %s, %s)",
+                    tuple(rec),
+                )
+                out.append(rec)
+        return out
+
+    # -- reads -------------------------------------------------------------------
+
+    def get(self, decision_id: str) -> dict[str, Any] | None:
+        """The latest row for a decision, or None."""
+        with self._use() as conn:
+            row = conn.execute(
+                f"SELECT {', '.join(NAMES)} FROM calls WHERE decision_id = %s "
+                "ORDER BY ts DESC, seq DESC LIMIT 1",
+                (decision_id,),
+            ).fetchone()
+        return None if row is None else decode_row(row)
+
+    def prices(self, model: str | None = None) -> list[PriceRecord]:
+        """The price history, oldest first (one model's, or every model's)."""
+        sql = "SELECT ts, model, input_cost_per_mtok, output_cost_per_mtok, source FROM prices"
+        args: tuple[Any, ...] = ()
+        if model is not None:
+            sql += " WHERE model = %s"
+            args = (model,)
+        with self._use() as conn:
+            rows = conn.execute(sql + " ORDER BY ts, seq", args).fetchall()
+        return [PriceRecord(*r) for r in rows]
+
+    def select(
+        self,
+        columns: Sequence[str],
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        org: str | None = None,
+        task_type: str | None = None,
+        model: str | None = None,
+        batch_size: int = 1000,
+    ) -> Iterator[tuple[Any, ...]]:
+        """Raw values of ``columns`` (JSON columns undecoded), in time order,
+        paged by (ts, seq) on the ``calls_ts`` index; the lock is released
+        between pages."""
+        bad = [c for c in columns if c not in NAMES]
+        if bad:
+            raise ValueError(f"unknown ledger columns: {bad}")
+        where, args = filters(since, until, org, task_type, model, mark="%s")
+        head = f"SELECT seq, ts, {', '.join(columns)} FROM calls" if columns else (
+            "SELECT seq, ts FROM calls"
+        )
+        last: tuple[float, int] | None = None
+        while True:
+            cond = list(where)
+            params = list(args)
+            if last is not None:
+                cond.append("(ts, seq) > (%s, %s)")
+                params += [last[0], last[1]]
+            sql = head + (" WHERE " + " AND ".join(cond) if cond else "")
+            sql += " ORDER BY ts, seq LIMIT %s"
+            with self._use() as conn:
+                batch = conn.execute(sql, (*params, batch_size)).fetchall()
+            for row in batch:
+                yield tuple(row[2:])
+            if len(batch) < batch_size:
+                return
+            last = (batch[-1][1], batch[-1][0])
+
+    def models(self) -> list[str]:
+        """Every model the ledger has a call or a price for, sorted."""
+        with self._use() as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT model FROM calls UNION SELECT DISTINCT model FROM prices"
+            ).fetchall()
+        return sorted(r[0] for r in rows if r[0] is not None)
+
+    def model_summary(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        org: str | None = None,
+        task_type: str | None = None,
+    ) -> dict[str, tuple[int, int, float | None]]:
+        """Per model: (calls, holdout calls, highest input + output price per M
+        tokens recorded on its calls), for the rows matching the filters."""
+        where, args = filters(since, until, org, task_type, None, mark="%s")
+        sql = (
+            "SELECT model, COUNT(*), SUM(CASE WHEN holdout <> 0 THEN 1 ELSE 0 END), "
+            "MAX(input_cost_per_mtok + output_cost_per_mtok) FROM calls"
+        )
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._use() as conn:
+            rows = conn.execute(sql + " GROUP BY model", args).fetchall()
+        return {m: (int(n), int(h or 0), p) for m, n, h, p in rows}
+
+    def span(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        org: str | None = None,
+        task_type: str | None = None,
+        model: str | None = None,
+    ) -> tuple[int, float | None, float | None]:
+        """(rows, first ts, last ts) matching the filters."""
+        where, args = filters(since, until, org, task_type, model, mark="%s")
+        sql = "SELECT COUNT(*), MIN(ts), MAX(ts) FROM calls"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._use() as conn:
+            row = conn.execute(sql, args).fetchone()
+        assert row is not None  # an aggregate always returns a row
+        n, lo, hi = row
+        return int(n), lo, hi
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                if self._pid == os.getpid():
+                    self._drop()
