@@ -320,6 +320,17 @@ def _store_path(store: str | None) -> tuple[Any, bool]:
     return Path(store or default_home()).expanduser(), store is not None
 
 
+def _shown(store: str | None) -> Any:
+    """Where the reports read from, as printed: a ledger URL loses its password."""
+    from tally_core.ledger import is_postgres_url
+
+    if is_postgres_url(store):
+        from tally_core.ledger.postgres import redact_url
+
+        return redact_url(str(store))
+    return _store_path(store)[0]
+
+
 def _open_ledger(store: str | None) -> Ledger:
     """The store's ledger, read-only; a one-line error when there is none."""
     from tally_core.ledger import Ledger, is_postgres_url, open_ledger
@@ -635,13 +646,13 @@ def report(
     if fmt == "html":
         from tally_core.report_html import render_html
 
-        sys.stdout.write(render_html(rep, sv, where=str(_store_path(store)[0])))
+        sys.stdout.write(render_html(rep, sv, where=str(_shown(store))))
     elif fmt == "json":
         _print_json(rep.to_dict())
     elif fmt == "csv":
         sys.stdout.write(_report_csv(rep))
     else:
-        _print_report(rep, _store_path(store)[0])
+        _print_report(rep, _shown(store))
 
 
 _SAVINGS_CSV = (
@@ -847,7 +858,7 @@ def savings(
     elif fmt == "csv":
         sys.stdout.write(reports._csv_text(_savings_rows(sv), _SAVINGS_CSV))
     else:
-        _print_savings(sv, _store_path(store)[0])
+        _print_savings(sv, _shown(store))
 
 
 @app.command()

@@ -292,3 +292,47 @@ def test_four_processes_write_one_ledger_and_one_state(
             assert sum(s["calls"] for s in reader.stats("qa-simple")) == 8000
     finally:
         server.stop()
+
+
+def test_cli_reports_read_the_shared_ledger(pg: PostgresServer) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from tally_core import reports
+    from tally_core.cli import app
+    from tests.unit.test_reports import KNOWN
+
+    url = pg.create_db()
+    led = open_ledger(url)
+    led.append(KNOWN)
+    runner = CliRunner()
+    res = runner.invoke(app, ["report", "--store", url, "--format", "json", "--by", "day"])
+    assert res.exit_code == 0, res.output
+    want = json.loads(json.dumps(reports.report(led, by="day").to_dict(), default=str))
+    assert json.loads(res.stdout) == want and want["totals"]["calls"] == len(KNOWN)
+    res = runner.invoke(app, ["savings", "--store", url, "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout) == json.loads(
+        json.dumps(reports.savings(led).to_dict(), default=str)
+    )
+    empty = pg.create_db()
+    open_ledger(empty).close()
+    for cmd in ("report", "savings"):  # "No calls in <where>": the URL without its password
+        res = runner.invoke(app, [cmd, "--store", empty])
+        assert res.exit_code == 0 and "No calls in" in res.output, res.output
+        assert PASSWORD not in res.output and "127.0.0.1" in res.output
+    res = runner.invoke(app, ["export", "--store", url, "--format", "jsonl"])
+    assert res.exit_code == 0 and len(res.stdout.splitlines()) == len(KNOWN)
+    led.close()
+    bad = url.rsplit("/", 1)[0] + "/no_such_db"
+    res = runner.invoke(app, ["report", "--store", bad])
+    assert res.exit_code == 2 and "unreachable" in res.output and PASSWORD not in res.output
+
+
+def test_a_missing_extra_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    with pytest.raises(ImportError, match=r"pip install 'tally-router\[postgres\]'"):
+        open_ledger("postgresql://tally@127.0.0.1:1/x")
