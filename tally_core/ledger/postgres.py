@@ -104,6 +104,18 @@ _INSERT = (
 )
 
 
+_STAGE = (
+    "CREATE TEMP TABLE IF NOT EXISTS tally_batch (n INTEGER, "
+    + ", ".join(f"{c} {_TYPES.get(t.split()[0], t.split()[0])}" for c, t in COLUMNS)
+    + ") ON COMMIT DELETE ROWS"
+)
+_COPY = f"COPY tally_batch (n, {', '.join(NAMES)}) FROM STDIN"
+_MERGE = (
+    f"INSERT INTO calls ({', '.join(NAMES)}) SELECT {', '.join(NAMES)} FROM tally_batch "
+    "ORDER BY n ON CONFLICT (event_id) DO NOTHING"
+)
+
+
 class PostgresLedger(Ledger):
     """The call log in a PostgreSQL database, shared by every replica.
 
@@ -130,6 +142,7 @@ class PostgresLedger(Ledger):
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._conn: psycopg.Connection[Any] | None = None
+        self._staged: psycopg.Connection[Any] | None = None  # has the staging table
         self._closed = False
         if hasattr(os, "register_at_fork"):
             ref = weakref.WeakMethod(self._after_fork)
@@ -189,7 +202,7 @@ class PostgresLedger(Ledger):
                 raise StoreError(f"ledger at {self.path} failed: {self._scrub(exc)}") from None
 
     def _drop(self) -> None:
-        conn, self._conn = self._conn, None
+        conn, self._conn, self._staged = self._conn, None, None
         if conn is not None:
             try:
                 conn.close()
@@ -229,10 +242,10 @@ class PostgresLedger(Ledger):
         with self._use() as conn:
             try:
                 with conn.transaction(), conn.cursor() as cur:
-                    cur.executemany(_INSERT, values)
-                    return max(cur.rowcount, 0), sorted(rejected)
+                    return self._copy_in(conn, cur, values), sorted(rejected)
             except row_errors:
-                pass
+                # The rollback may have taken a just-created staging table with it.
+                self._staged = None
             # One row PostgreSQL cannot hold: redo them one by one, each in
             # a savepoint, leaving out only the bad ones.
             new = 0
@@ -245,6 +258,20 @@ class PostgresLedger(Ledger):
                     except row_errors as exc:
                         rejected.append((i, f"{type(exc).__name__}: {cut(str(exc))}"))
             return new, sorted(rejected)
+
+    def _copy_in(self, conn: psycopg.Connection[Any], cur: psycopg.Cursor[Any],
+                 values: list[list[Any]]) -> int:
+        # COPY into a per-connection staging table, then one INSERT ... SELECT
+        # that skips known event ids: several times faster than row inserts,
+        # and ``n`` keeps the batch's order in ``seq``.
+        if conn is not self._staged:
+            cur.execute(_STAGE)
+            self._staged = conn
+        with cur.copy(_COPY) as copy:
+            for n, v in enumerate(values):
+                copy.write_row((n, *v))
+        cur.execute(_MERGE)
+        return max(cur.rowcount, 0)
 
     def record_rejected(
         self, rows: Iterable[tuple[float | None, str | None, str | None, str, str]]

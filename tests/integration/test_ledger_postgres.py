@@ -66,8 +66,8 @@ def test_a_replayed_batch_never_doubles(led: Ledger) -> None:
     batch = [row(i) for i in range(50)]
     assert led.append(batch) == 50
     assert led.append(batch) == 0  # the queue retried it after an outage
-    assert led.append([row(49), row(50)]) == 1
-    assert led.count() == 51
+    assert led.append([row(49), row(50), row(51), row(50)]) == 2  # a duplicate in one batch too
+    assert led.count() == 52
     got = led.get("d4")
     assert got is not None
     assert (got["model"], got["slugs"], got["holdout"], got["success"]) == (
@@ -128,6 +128,7 @@ def test_a_row_the_engine_cannot_hold_is_left_out_alone(led: Ledger) -> None:
     new, bad = led.write([row(0), row(1, input_tokens=2**70), row(2)])
     assert new == 2 and [i for i, _ in bad] == [1]
     assert [r["event_id"] for r in led.rows()] == ["e0", "e2"]
+    assert led.write([row(3), row(4)]) == (2, [])  # the next batch is unaffected
     led.record_rejected([(5.0, "e1", "d1", "ledger", bad[0][1])])
     assert [(r["event_id"], r["field"]) for r in led.rejected()] == [("e1", "ledger")]
 
@@ -336,3 +337,26 @@ def test_a_missing_extra_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setitem(sys.modules, "psycopg", None)
     with pytest.raises(ImportError, match=r"pip install 'tally-router\[postgres\]'"):
         open_ledger("postgresql://tally@127.0.0.1:1/x")
+
+
+def _child_writes(led: Ledger, q: mp.Queue) -> None:
+    led.append([row(i) for i in range(100, 110)])
+    q.put(led._conn.info.backend_pid)  # type: ignore[attr-defined]
+
+
+def test_a_forked_child_opens_its_own_connection(pg: PostgresServer) -> None:
+    led = open_ledger(pg.create_db())
+    try:
+        led.append([row(0)])
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        child = ctx.Process(target=_child_writes, args=(led, q))
+        child.start()
+        child_backend = q.get(timeout=30)
+        child.join(30)
+        assert child.exitcode == 0
+        assert child_backend != led._conn.info.backend_pid  # type: ignore[attr-defined]
+        led.append([row(1)])  # the parent's connection survived the child's exit
+        assert led.count() == 12
+    finally:
+        led.close()
