@@ -360,3 +360,24 @@ def test_a_forked_child_opens_its_own_connection(pg: PostgresServer) -> None:
         assert led.count() == 12
     finally:
         led.close()
+
+
+def test_a_replicas_sqlite_ledger_moves_into_the_shared_one(
+    pg: PostgresServer, tmp_path: Path
+) -> None:
+    from tally_core.ledger import copy_ledger
+
+    old = Ledger(tmp_path / "ledger.sqlite3")
+    old.append([row(i) for i in range(2500)])
+    old.sync_prices([("gpt-4o", 2.5, 10.0, "map")], ts=5.0)
+    old.record_rejected([(1.0, "e-bad", None, "quality", "must be 0-1")])
+    shared = open_ledger(pg.create_db())
+    try:
+        assert copy_ledger(old, shared, batch_size=1000) == 2500
+        assert copy_ledger(old, shared) == 0  # run again: nothing doubles
+        assert shared.count() == 2500 and shared.prices() == old.prices()
+        assert [r["event_id"] for r in shared.rejected()] == ["e-bad"]
+        assert list(shared.rows()) == list(old.rows())
+    finally:
+        old.close()
+        shared.close()
