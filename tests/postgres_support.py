@@ -40,12 +40,13 @@ def _bindir() -> Path | None:
 class PostgresServer:
     """A PostgreSQL cluster in a temporary directory, on 127.0.0.1."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, fsync: bool = False) -> None:
         bindir = _bindir()
         if bindir is None:
             raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
         self.bindir = bindir
         self.port = free_port()
+        self.fsync = fsync  # off for tests: a clean stop still keeps every commit
         self.root = Path(tempfile.mkdtemp(prefix="tally-pg-"))
         self.data = self.root / "data"
         self._as: list[str] = []
@@ -71,7 +72,8 @@ class PostgresServer:
             raise RuntimeError(f"{tool} failed: {out.stderr.strip()[-500:]}")
 
     def start(self) -> None:
-        opts = f"-p {self.port} -h 127.0.0.1 -k {self.root} -c fsync=off -c max_connections=50"
+        fsync = "on" if self.fsync else "off"
+        opts = f"-p {self.port} -h 127.0.0.1 -k {self.root} -c fsync={fsync} -c max_connections=50"
         self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.root / "log"),
                   "-w", "-t", "30", "start")
 
