@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,12 +178,16 @@ def test_server_stopped_and_restarted_mid_stream_every_event_once(
                 assert t.flush(10)
                 pg.stop()
             if i == 400:
+                # Restart only once the worker has met the outage (a failed batch).
+                deadline = time.monotonic() + 20
+                while t.telemetry_counts["retried"] < 1 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert t.telemetry_counts["retried"] >= 1
                 pg.start()
             d = t.route(task_type="qa", org="acme")
             t.telemetry(d, quality=0.9, input_tokens=100, output_tokens=10)
             sent.append(d.decision_id)
         assert t.flush(30)
-        assert t.telemetry_counts["retried"] >= 1
         ids = [r["decision_id"] for r in t.ledger.rows()]
         assert len(ids) == 600 and set(ids) == set(sent)
         assert sum(s["calls"] for s in t.stats("qa-simple", org="acme")) == 600
