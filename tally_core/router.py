@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from tally_core._brief import brief
+from tally_core.breaker import Breakers
 from tally_core.catalog import Catalog, ModelSpec, store_price_map
 from tally_core.compliance import OrgPolicies
 from tally_core.decision import Dropped, RouteDecision
@@ -176,6 +177,11 @@ class Tally:
         fallback, holdout and shadows included; a call they leave nothing for
         raises ``NoCandidateError`` naming the org and the rule
         (``tally_core.compliance``).
+    breaker
+        Failover: a circuit breaker per model from the errors telemetry
+        reports (``tally_core.breaker``): True (default), False, or a
+        ``Breakers`` with your thresholds. A model whose circuit is open is
+        never routed to while another candidate fits; ``explain()`` says why.
     otel
         ``True`` or a ``tally_core.otel.OTelExporter``: an OpenTelemetry
         GenAI span per recorded call (the ``otel`` extra). Off by default.
@@ -220,6 +226,7 @@ class Tally:
         refresh_interval_s: float = 1.0,
         max_decisions: int = 20_000,
         org_policies: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
+        breaker: Breakers | bool = True,
         otel: Any = False,
     ) -> None:
         self.catalog = Catalog(
@@ -263,6 +270,15 @@ class Tally:
         self.refresh_interval_s = refresh_interval_s
         self.seed = seed
         self.org_policies = OrgPolicies(org_policies)
+        if breaker is True:
+            self.breakers: Breakers | None = Breakers()
+        elif breaker is False or breaker is None:
+            self.breakers = None
+        elif isinstance(breaker, Breakers):
+            self.breakers = breaker
+        else:
+            raise InvalidFieldError("breaker", "must be True, False or a Breakers")
+        self._breaker_epoch = 0
         self._draws = _Draws(seed)
         self._windows = self._context_windows()
 
@@ -374,6 +390,13 @@ class Tally:
         if self._closed:
             raise ClosedError("this Tally is closed")
         env = self._envelope(envelope, fields)
+        b = self.breakers
+        if b is not None:
+            if b.next_change <= time.time():
+                b.tick()
+            if b.epoch != self._breaker_epoch:
+                self._breaker_epoch = b.epoch
+                self._routes = {}  # a circuit moved: plan again
         key = self._route_key(env)
         tkey = env.task_key
         plans = self._routes.get(tkey)
@@ -395,6 +418,8 @@ class Tally:
         else:
             choice = self.policy.pick(plan, self._draws.uniform, self._draws.normal, pending)
             model, phase, conf = choice.model, choice.phase, choice.confidence
+        if b is not None and b.state(model) != "closed":
+            b.allow(model)  # a half-open circuit's probe call
         spec = self.catalog[model]
         out = env.expected_output_tokens or r.out_tokens.get(model, DEFAULT_OUTPUT_TOKENS)
         decision = RouteDecision(
@@ -489,6 +514,10 @@ class Tally:
                 dropped.append(Dropped(name, f"provider {spec.provider} not in allowed_providers"))
                 continue
             allowed_any = True
+            blocked = self.breakers.blocked(name) if self.breakers is not None else None
+            if blocked is not None:
+                dropped.append(Dropped(name, blocked))
+                continue
             if spec.context_window is not None and spec.context_window < env.min_context_tokens:
                 dropped.append(
                     Dropped(
@@ -540,10 +569,14 @@ class Tally:
             )
         fallback = self.fallback
         fb = self.catalog[fallback]
-        if (env.allowed_models is not None and fallback not in env.allowed_models) or (
-            env.allowed_providers is not None and fb.provider not in env.allowed_providers
+        fb_blocked = self.breakers is not None and self.breakers.blocked(fallback) is not None
+        if (
+            (env.allowed_models is not None and fallback not in env.allowed_models)
+            or (env.allowed_providers is not None and fb.provider not in env.allowed_providers)
+            or (fb_blocked and cands)
         ):
-            # Compliance beats the configured fallback: use the best allowed model.
+            # Compliance (or an open circuit) beats the configured fallback: use the best
+            # allowed model.
             pool = cands or [
                 Candidate(s.name, 0.0, EMPTY_VIEW)
                 for s in self.catalog
@@ -772,6 +805,11 @@ class Tally:
                     # Only our own write since the last look; anything else
                     # (another process) is left for the periodic full refresh.
                     self._seen_version = committed.version
+        b = self.breakers
+        if b is not None:
+            for ev in rec.calls:
+                # Availability errors only (a low grade is the bandit's business).
+                b.record(ev.model, errored=ev.success is False and ev.error is not None)
         # These routes are now in the snapshot: no longer "in flight".
         with self._pending_lock:
             for ev in rec.calls:
