@@ -56,7 +56,8 @@ from tally_core.ledger import Ledger
 from tally_core.policy.bandit import FloorBandit
 from tally_core.policy.base import Candidate, Plan, Policy
 from tally_core.policy.floor import prob_clears
-from tally_core.recorder import Recorded, Recorder
+from tally_core.recorder import Recorded, Recorder, outcome
+from tally_core.rollout import Rollouts, RolloutSpec
 from tally_core.shadow import ShadowPair, Shadows, ShadowSpec, shadow_report
 from tally_core.stores.base import StateStore, TaskKey
 from tally_core.stores.disk import DiskStore
@@ -294,6 +295,13 @@ class Tally:
         else:
             self.store = MemoryStore()
         directory = self.store.directory
+        self.rollouts = Rollouts(directory)
+        for name in self.rollouts.models:  # a rollout from before a restart: keep its model
+            if name not in self.catalog:
+                try:
+                    self.catalog.add(name)
+                except Exception:  # a custom model this process was not given
+                    log.warning("tally: rollout model %s is not in the pool", name)
         if isinstance(ledger, Ledger):
             self.ledger, self._owns_ledger = ledger, False
         else:
@@ -418,6 +426,13 @@ class Tally:
         else:
             choice = self.policy.pick(plan, self._draws.uniform, self._draws.normal, pending)
             model, phase, conf = choice.model, choice.phase, choice.confidence
+            if self.rollouts:
+                cand = self.rollouts.draw(env.org, env.task_type, model, self._draws.uniform)
+                # The floor (and compliance, circuits, windows) hold: never a dropped model.
+                if cand is not None and cand in self.catalog and all(
+                    d.model != cand for d in r.dropped
+                ):
+                    model, phase, conf = cand, "explore", plan.confidence.get(cand, 0.0)
         if b is not None and b.state(model) != "closed":
             b.allow(model)  # a half-open circuit's probe call
         spec = self.catalog[model]
@@ -805,6 +820,9 @@ class Tally:
                     # Only our own write since the last look; anything else
                     # (another process) is left for the periodic full refresh.
                     self._seen_version = committed.version
+        if self.rollouts:
+            for ev in rec.calls:
+                self.rollouts.observe(ev.org, ev.task_type, ev.model, outcome(ev)[0])
         b = self.breakers
         if b is not None:
             for ev in rec.calls:
@@ -1149,6 +1167,39 @@ class Tally:
             self.add_model(candidate)
         return self.shadows.start(name, sample=sample, task_types=task_types, until=until)
 
+    # -- gradual rollouts -------------------------------------------------------
+
+    def rollout(
+        self,
+        model: str | ModelSpec | Mapping[str, Any],
+        *,
+        steps: Iterable[float] = (0.01, 0.05, 0.25, 0.5, 1.0),
+        min_calls: int = 200,
+        max_quality_drop: float = 0.02,
+        task_types: Iterable[str] | None = None,
+    ) -> RolloutSpec:
+        """Give ``model`` a growing share of each task type's calls; it rolls itself back
+        when it is confidently worse than the incumbents (``tally_core.rollout``)."""
+        if self._closed:
+            raise ClosedError("this Tally is closed")
+        name = model.name if isinstance(model, ModelSpec) else (
+            str(model["name"]) if isinstance(model, Mapping) else model)
+        if not isinstance(name, str) or not name:
+            raise InvalidFieldError("model", "must be a model name or a ModelSpec")
+        if name not in self.catalog:
+            self.add_model(model)
+        return self.rollouts.start(name, steps=steps, min_calls=min_calls,
+                                   max_quality_drop=max_quality_drop, task_types=task_types)
+
+    def stop_rollout(self, model: str) -> bool:
+        """Stop a rollout (the model stays in the pool); False if none ran."""
+        return self.rollouts.stop(model)
+
+    def rollout_status(self, model: str) -> dict[str, dict[str, Any]]:
+        """Per ``org/task_type``: step, share, status (running, done, rolled-back),
+        calls at the step and the history of its steps."""
+        return self.rollouts.status(model)
+
     def stop_shadow(self, candidate: str) -> bool:
         """Stop a shadow test (its recorded outcomes stay); False if none ran."""
         return self.shadows.stop(candidate)
@@ -1182,6 +1233,7 @@ class Tally:
         """Apply queued telemetry, spool what is left, release the store. Idempotent."""
         if self._closed:
             return
+        self.rollouts.save()
         self._closed = True
         try:
             self._queue.shutdown(timeout)
