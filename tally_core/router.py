@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from tally_core._brief import brief
+from tally_core.breaker import Breakers
 from tally_core.catalog import Catalog, ModelSpec, store_price_map
 from tally_core.compliance import OrgPolicies
 from tally_core.decision import Dropped, RouteDecision
@@ -55,7 +56,8 @@ from tally_core.ledger import Ledger, open_ledger
 from tally_core.policy.bandit import FloorBandit
 from tally_core.policy.base import Candidate, Plan, Policy
 from tally_core.policy.floor import prob_clears
-from tally_core.recorder import Recorded, Recorder
+from tally_core.recorder import Recorded, Recorder, outcome
+from tally_core.rollout import Rollouts, RolloutSpec
 from tally_core.shadow import ShadowPair, Shadows, ShadowSpec, shadow_report
 from tally_core.stores.base import StateStore, TaskKey
 from tally_core.stores.disk import DiskStore
@@ -178,6 +180,11 @@ class Tally:
         fallback, holdout and shadows included; a call they leave nothing for
         raises ``NoCandidateError`` naming the org and the rule
         (``tally_core.compliance``).
+    breaker
+        Failover: a circuit breaker per model from the errors telemetry
+        reports (``tally_core.breaker``): True (default), False, or a
+        ``Breakers`` with your thresholds. A model whose circuit is open is
+        never routed to while another candidate fits; ``explain()`` says why.
     otel
         ``True`` or a ``tally_core.otel.OTelExporter``: an OpenTelemetry
         GenAI span per recorded call (the ``otel`` extra). Off by default.
@@ -222,6 +229,7 @@ class Tally:
         refresh_interval_s: float = 1.0,
         max_decisions: int = 20_000,
         org_policies: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
+        breaker: Breakers | bool = True,
         otel: Any = False,
     ) -> None:
         self.catalog = Catalog(
@@ -265,6 +273,15 @@ class Tally:
         self.refresh_interval_s = refresh_interval_s
         self.seed = seed
         self.org_policies = OrgPolicies(org_policies)
+        if breaker is True:
+            self.breakers: Breakers | None = Breakers()
+        elif breaker is False or breaker is None:
+            self.breakers = None
+        elif isinstance(breaker, Breakers):
+            self.breakers = breaker
+        else:
+            raise InvalidFieldError("breaker", "must be True, False or a Breakers")
+        self._breaker_epoch = 0
         self._draws = _Draws(seed)
         self._windows = self._context_windows()
 
@@ -280,6 +297,13 @@ class Tally:
         else:
             self.store = MemoryStore()
         directory = self.store.directory
+        self.rollouts = Rollouts(directory)
+        for name in self.rollouts.models:  # a rollout from before a restart: keep its model
+            if name not in self.catalog:
+                try:
+                    self.catalog.add(name)
+                except Exception:  # a custom model this process was not given
+                    log.warning("tally: rollout model %s is not in the pool", name)
         if isinstance(ledger, Ledger):
             self.ledger, self._owns_ledger = ledger, False
         else:
@@ -376,6 +400,13 @@ class Tally:
         if self._closed:
             raise ClosedError("this Tally is closed")
         env = self._envelope(envelope, fields)
+        b = self.breakers
+        if b is not None:
+            if b.next_change <= time.time():
+                b.tick()
+            if b.epoch != self._breaker_epoch:
+                self._breaker_epoch = b.epoch
+                self._routes = {}  # a circuit moved: plan again
         key = self._route_key(env)
         tkey = env.task_key
         plans = self._routes.get(tkey)
@@ -397,6 +428,15 @@ class Tally:
         else:
             choice = self.policy.pick(plan, self._draws.uniform, self._draws.normal, pending)
             model, phase, conf = choice.model, choice.phase, choice.confidence
+            if self.rollouts:
+                cand = self.rollouts.draw(env.org, env.task_type, model, self._draws.uniform)
+                # The floor (and compliance, circuits, windows) hold: never a dropped model.
+                if cand is not None and cand in self.catalog and all(
+                    d.model != cand for d in r.dropped
+                ):
+                    model, phase, conf = cand, "explore", plan.confidence.get(cand, 0.0)
+        if b is not None and b.state(model) != "closed":
+            b.allow(model)  # a half-open circuit's probe call
         spec = self.catalog[model]
         out = env.expected_output_tokens or r.out_tokens.get(model, DEFAULT_OUTPUT_TOKENS)
         decision = RouteDecision(
@@ -491,6 +531,10 @@ class Tally:
                 dropped.append(Dropped(name, f"provider {spec.provider} not in allowed_providers"))
                 continue
             allowed_any = True
+            blocked = self.breakers.blocked(name) if self.breakers is not None else None
+            if blocked is not None:
+                dropped.append(Dropped(name, blocked))
+                continue
             if spec.context_window is not None and spec.context_window < env.min_context_tokens:
                 dropped.append(
                     Dropped(
@@ -542,10 +586,14 @@ class Tally:
             )
         fallback = self.fallback
         fb = self.catalog[fallback]
-        if (env.allowed_models is not None and fallback not in env.allowed_models) or (
-            env.allowed_providers is not None and fb.provider not in env.allowed_providers
+        fb_blocked = self.breakers is not None and self.breakers.blocked(fallback) is not None
+        if (
+            (env.allowed_models is not None and fallback not in env.allowed_models)
+            or (env.allowed_providers is not None and fb.provider not in env.allowed_providers)
+            or (fb_blocked and cands)
         ):
-            # Compliance beats the configured fallback: use the best allowed model.
+            # Compliance (or an open circuit) beats the configured fallback: use the best
+            # allowed model.
             pool = cands or [
                 Candidate(s.name, 0.0, EMPTY_VIEW)
                 for s in self.catalog
@@ -774,6 +822,14 @@ class Tally:
                     # Only our own write since the last look; anything else
                     # (another process) is left for the periodic full refresh.
                     self._seen_version = committed.version
+        if self.rollouts:
+            for ev in rec.calls:
+                self.rollouts.observe(ev.org, ev.task_type, ev.model, outcome(ev)[0])
+        b = self.breakers
+        if b is not None:
+            for ev in rec.calls:
+                # Availability errors only (a low grade is the bandit's business).
+                b.record(ev.model, errored=ev.success is False and ev.error is not None)
         # These routes are now in the snapshot: no longer "in flight".
         with self._pending_lock:
             for ev in rec.calls:
@@ -1113,6 +1169,39 @@ class Tally:
             self.add_model(candidate)
         return self.shadows.start(name, sample=sample, task_types=task_types, until=until)
 
+    # -- gradual rollouts -------------------------------------------------------
+
+    def rollout(
+        self,
+        model: str | ModelSpec | Mapping[str, Any],
+        *,
+        steps: Iterable[float] = (0.01, 0.05, 0.25, 0.5, 1.0),
+        min_calls: int = 200,
+        max_quality_drop: float = 0.02,
+        task_types: Iterable[str] | None = None,
+    ) -> RolloutSpec:
+        """Give ``model`` a growing share of each task type's calls; it rolls itself back
+        when it is confidently worse than the incumbents (``tally_core.rollout``)."""
+        if self._closed:
+            raise ClosedError("this Tally is closed")
+        name = model.name if isinstance(model, ModelSpec) else (
+            str(model["name"]) if isinstance(model, Mapping) else model)
+        if not isinstance(name, str) or not name:
+            raise InvalidFieldError("model", "must be a model name or a ModelSpec")
+        if name not in self.catalog:
+            self.add_model(model)
+        return self.rollouts.start(name, steps=steps, min_calls=min_calls,
+                                   max_quality_drop=max_quality_drop, task_types=task_types)
+
+    def stop_rollout(self, model: str) -> bool:
+        """Stop a rollout (the model stays in the pool); False if none ran."""
+        return self.rollouts.stop(model)
+
+    def rollout_status(self, model: str) -> dict[str, dict[str, Any]]:
+        """Per ``org/task_type``: step, share, status (running, done, rolled-back),
+        calls at the step and the history of its steps."""
+        return self.rollouts.status(model)
+
     def stop_shadow(self, candidate: str) -> bool:
         """Stop a shadow test (its recorded outcomes stay); False if none ran."""
         return self.shadows.stop(candidate)
@@ -1146,6 +1235,7 @@ class Tally:
         """Apply queued telemetry, spool what is left, release the store. Idempotent."""
         if self._closed:
             return
+        self.rollouts.save()
         self._closed = True
         try:
             self._queue.shutdown(timeout)

@@ -110,9 +110,11 @@ class TallyCallback(CustomLogger):
                     state.scorer_failed(exc)
                     score = None
             self._end(state, attempt, outcome, score)
+            # Before the attempt counts as finished: a flush that sees it finished
+            # must also see its shadow copy pending.
+            state.shadow_runner.after(attempt, outcome, kwargs, is_async=False)
         finally:
             state.finish(attempt)
-        state.shadow_runner.after(attempt, outcome, kwargs, is_async=False)
 
     async def _areport(
         self, kwargs: Any, response: Any, start: Any, end: Any, *, success: bool
@@ -130,9 +132,9 @@ class TallyCallback(CustomLogger):
                     state.scorer_failed(exc)
                     score = None
             self._end(state, attempt, outcome, score)
+            state.shadow_runner.after(attempt, outcome, kwargs, is_async=True)
         finally:
             state.finish(attempt)
-        state.shadow_runner.after(attempt, outcome, kwargs, is_async=True)
 
     def _begin(
         self, kwargs: Any, response: Any, start: Any, end: Any, success: bool
