@@ -134,7 +134,7 @@ def _factory(tiers: bool) -> RouterFactory:
     return build
 
 
-#: Name -> factory, for ``tally_core.sim.run_comparison(extra=ROUTERS)``.
+#: Name -> factory, for ``tally_core.eval.sim.run_comparison(extra=ROUTERS)``.
 ROUTERS: dict[str, RouterFactory] = {
     "litellm-adaptive": _factory(True),
     "litellm-adaptive-flat": _factory(False),

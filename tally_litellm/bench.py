@@ -1,4 +1,4 @@
-"""``python -m tally_core.bench`` with LiteLLM's Adaptive Router among the routers.
+"""``python -m tally_core.eval.bench`` with LiteLLM's Adaptive Router among the routers.
 
 Run offline: ``LITELLM_LOCAL_MODEL_COST_MAP=True python -m tally_litellm.bench routing``
 (the variable keeps LiteLLM from fetching its price map when it is imported).

@@ -1,6 +1,6 @@
 """``tally demo`` on the product path: a simulated workload through a real ``litellm.Router``.
 
-Every call of a simulator scenario (``tally_core.sim``) is a
+Every call of a simulator scenario (``tally_core.eval.sim``) is a
 ``router.completion`` on a router whose deployments are the scenario's models
 in one group (``"auto"``), each answering with ``mock_response``, so nothing
 leaves the machine. ``TallyStrategy`` is installed on the router: Tally picks
@@ -8,7 +8,7 @@ each deployment, and its ``TallyCallback`` reports each call (tokens, cost,
 success or the error class) with the quality its ``scorer`` gives.
 
 The simulator plays the providers. Before each call it hands the driver the
-call as the world will answer it (``tally_core.sim.SimCall``); the driver puts
+call as the world will answer it (``tally_core.eval.sim.SimCall``); the driver puts
 the per-model answers in the request metadata, where the scorer reads the
 served model's quality, and the mock response carries the call's token counts
 (``usage``), so LiteLLM prices the call as the scenario does. A provider
@@ -170,7 +170,7 @@ def _reply(call: SimCall) -> dict[str, Any]:
 
 
 class RouterDriver:
-    """A ``tally_core.sim.SimRouter`` that makes each call through a real ``litellm.Router``.
+    """A ``tally_core.eval.sim.SimRouter`` that makes each call through a real ``litellm.Router``.
 
     Parameters
     ----------
