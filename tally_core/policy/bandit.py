@@ -91,6 +91,9 @@ class _Data:
     default_value: float
     doubtful: bool
     p_safe: float
+    c_safe: float = 0.0
+    saving_weight: float | None = None  # None: learning draws priced by the exploit rule
+    exploiting: bool = False
 
 
 class FloorBandit(Policy):
@@ -152,7 +155,7 @@ class FloorBandit(Policy):
         violation_price: float = 6.0,
         learn_price: float = 1.0,
         enter: float = 0.95,
-        stay: float = 0.8,
+        stay: float = 0.6,
         min_obs: int = 30,
         min_saving: float = 0.10,
         allowance: int = 400,
@@ -161,11 +164,12 @@ class FloorBandit(Policy):
         resolve_calls: int | None = None,
         resolve_per_call: float | None = None,
         resolve_gate: float = 0.2,
-        explore_share: float = 0.03,
+        explore_share: float = 0.01,
         top_two: float = 1.0,
         learn_gate: float = 0.02,
         latency_cost_factor: float = 4.0,
         doubt_below: float = 0.05,
+        saving_weight: float | None = 0.05,
         **base: Any,
     ) -> None:
         super().__init__(**base)
@@ -194,6 +198,9 @@ class FloorBandit(Policy):
         self.top_two = check_number("top_two", top_two, 0.0, 1.0)
         self.learn_gate = check_number("learn_gate", learn_gate, 0.0, 1.0)
         self.doubt_below = check_number("doubt_below", doubt_below, 0.0, 0.5)
+        self.saving_weight = (
+            None if saving_weight is None else check_number("saving_weight", saving_weight, 0.0, 10.0)
+        )
         self.latency_cost_factor = check_number(
             "latency_cost_factor", latency_cost_factor, 1.0, 1e6
         )
@@ -286,7 +293,7 @@ class FloorBandit(Policy):
         default = exploit.name if exploit is not None else safe
         default_saving = c_safe - exploit.cost_usd if exploit is not None else 0.0
 
-        in_allowance = memory.clock < self.allowance
+        in_allowance = memory.clock < self.allowance and exploit is None
         if in_allowance or doubtful:
             # While the safe arm looks below the floor, its calls are no safer
             # than learning: learn on as many calls as it is doubtful.
@@ -311,7 +318,14 @@ class FloorBandit(Policy):
             )
             for c in ([c for c in survivors if c.name != safe] if doubtful else cands)
             if c is not exploit
-            and (doubtful or c_safe - c.cost_usd > default_saving)
+            # Once a model is exploited, only a clearly cheaper one is worth
+            # learning: models of about its price differ by noise in their
+            # realised cost, not by a saving.
+            and (
+                doubtful
+                or (exploit is None and c_safe - c.cost_usd > default_saving)
+                or (exploit is not None and c.cost_usd <= (1.0 - self.min_saving) * exploit.cost_usd)
+            )
             # A gate on evidence only: 0 of 2 does not rule a model out.
             and (confidence[c.name] >= gate or c.view.n < self.min_fail_obs)
         )
@@ -331,6 +345,9 @@ class FloorBandit(Policy):
             price=self.learn_price * c_safe,
             doubtful=doubtful,
             p_safe=p_safe,
+            c_safe=c_safe,
+            saving_weight=self.saving_weight,
+            exploiting=exploit is not None,
             default_value=(
                 0.0
                 if exploit is None or doubtful
@@ -390,12 +407,33 @@ def _sampled_best(d: _Data, normal: Callable[[], float]) -> _Arm | None:
     with the current default's. A model drawn just above the floor (a rival
     a little below it) rarely wins; one likely to be certified often does.
     None: the current default."""
+    if d.saving_weight is not None and not d.doubtful:
+        return _margin_best(d, normal)
     best, best_value = None, d.default_value
     for a in d.arms:
         z = (a.mean - d.bar) / a.sd + normal()
         p = 0.5 * (1.0 + math.erf(z / _SQRT2))
         # A doubtful safe arm: what matters is clearing at all.
         value = p - d.p_safe if d.doubtful else a.saving - d.price * (1.0 - p)
+        if value > best_value:
+            best, best_value = a, value
+    return best
+
+
+def _margin_best(d: _Data, normal: Callable[[], float]) -> _Arm | None:
+    """Thompson sampling for the arm most likely to clear the floor: each
+    arm's drawn quality less the floor, plus ``saving_weight`` times its
+    saving as a share of the safe arm's cost. Aiming at the cheapest arm
+    spends learning calls on rivals just below the floor; aiming at the
+    widest margin certifies a feasible model on fewer calls, and the cheaper
+    ones are learned after, on the exploration share. With a model
+    exploited, a cheaper arm is tried only when its draw clears the floor."""
+    w = d.saving_weight or 0.0
+    best, best_value = None, 0.0 if d.exploiting else -math.inf
+    for a in d.arms:
+        value = a.mean + a.sd * normal() - d.bar
+        if not d.exploiting:
+            value += w * a.saving / d.c_safe if d.c_safe > 0 else 0.0
         if value > best_value:
             best, best_value = a, value
     return best
