@@ -199,7 +199,9 @@ class FloorBandit(Policy):
         self.learn_gate = check_number("learn_gate", learn_gate, 0.0, 1.0)
         self.doubt_below = check_number("doubt_below", doubt_below, 0.0, 0.5)
         self.saving_weight = (
-            None if saving_weight is None else check_number("saving_weight", saving_weight, 0.0, 10.0)
+            None
+            if saving_weight is None
+            else check_number("saving_weight", saving_weight, 0.0, 10.0)
         )
         self.latency_cost_factor = check_number(
             "latency_cost_factor", latency_cost_factor, 1.0, 1e6
@@ -324,7 +326,9 @@ class FloorBandit(Policy):
             and (
                 doubtful
                 or (exploit is None and c_safe - c.cost_usd > default_saving)
-                or (exploit is not None and c.cost_usd <= (1.0 - self.min_saving) * exploit.cost_usd)
+                or (
+                    exploit is not None and c.cost_usd <= (1.0 - self.min_saving) * exploit.cost_usd
+                )
             )
             # A gate on evidence only: 0 of 2 does not rule a model out.
             and (confidence[c.name] >= gate or c.view.n < self.min_fail_obs)
