@@ -166,7 +166,7 @@ class FloorBandit(Policy):
         resolve_gate: float = 0.2,
         explore_share: float = 0.01,
         top_two: float = 1.0,
-        learn_gate: float = 0.02,
+        learn_gate: float = 0.15,
         latency_cost_factor: float = 4.0,
         doubt_below: float = 0.05,
         saving_weight: float | None = 0.05,
@@ -310,6 +310,7 @@ class FloorBandit(Policy):
             share, gate, phase = self.resolve_share, self.resolve_gate, "explore"
         else:
             share, gate, phase = self.explore_share, self.resolve_gate, "explore"
+        views = {c.name: c.view for c in survivors}
         arms = tuple(
             _Arm(
                 c.name,
@@ -330,9 +331,16 @@ class FloorBandit(Policy):
                     exploit is not None and c.cost_usd <= (1.0 - self.min_saving) * exploit.cost_usd
                 )
             )
-            # A gate on evidence only: 0 of 2 does not rule a model out.
-            and (confidence[c.name] >= gate or c.view.n < self.min_fail_obs)
         )
+        # A gate on evidence only: 0 of 2 does not rule a model out. When it
+        # would leave nothing to learn while on the safe arm, the likeliest
+        # arm stays (7 of 12 must not keep a task type on the safe arm for good).
+        gated = tuple(
+            a for a in arms if a.confidence >= gate or views[a.name].n < self.min_fail_obs
+        )
+        if not gated and arms and exploit is None:
+            gated = (max(arms, key=lambda a: a.confidence),)
+        arms = gated
         # Learning waits while the risk spent is over budget (resolution has
         # its call cap besides); not while the safe arm itself is doubtful.
         if not arms or not (room or doubtful):
