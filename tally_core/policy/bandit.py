@@ -21,17 +21,23 @@ the floor). FloorBandit decides what to do with the rest:
   every replica agrees.
 * **learn** by Thompson sampling among candidates whose posterior still
   gives them a chance of clearing and that would save more than the current
-  choice: draw every posterior, send the call to the cheapest model whose
-  draw clears the floor (models of about one price: the one drawn furthest
-  above it), or to the current choice if none does. ``top_two`` below 1
-  makes it top-two Thompson sampling (a challenger on the rest of the
-  calls); on our data plain sampling was better. Learning runs on
-  ``seed_share`` of a task type's first ``allowance`` calls; after that,
-  while the task type is still on the safe arm, on ``resolve_share`` of
-  calls, among candidates with P >= ``resolve_gate``, while the task's
-  learning calls are fewer than ``resolve_calls + resolve_per_call * calls``
-  (the resolution cap, 200 + 2% of calls at a 1% rate); once a model is
-  exploited, on ``explore_share`` (a cheaper one may still be found).
+  choice, aimed at the **widest margin** (``saving_weight``): draw every
+  posterior, send the call to the model whose draw is furthest above the
+  floor, plus ``saving_weight`` times its saving as a share of the safe
+  arm's cost. Aimed at the cheapest model instead, learning went to a
+  cheaper rival just below the floor; the widest margin certifies a
+  feasible model on fewer calls, and a cheaper one is learned after.
+  ``saving_weight=None`` restores draws priced by the exploit rule (then
+  ``top_two`` below 1 makes it top-two sampling). Learning runs on
+  ``seed_share`` of a task type's first ``allowance`` calls, until a model
+  is exploited; after that, while the task type is still on the safe arm,
+  on ``resolve_share`` of calls, among candidates with P >= ``resolve_gate``,
+  while the task's learning calls are fewer than ``resolve_calls +
+  resolve_per_call * calls`` (the resolution cap, 200 + 2% of calls at a 1%
+  rate); once a model is exploited, on ``explore_share`` of calls, only on a
+  clearly cheaper model (``min_saving`` below the exploited one's cost: models
+  of one price differ by noise in their realised cost, not by a saving), and
+  only when its draw clears the floor.
 * **the risk budget**: learning stops while its expected number of calls
   below the floor so far (each model's learning calls, times how much
   likelier than the safe arm it now looks to be below the floor) is at or
@@ -124,7 +130,12 @@ class FloorBandit(Policy):
     allowance, seed_share
         Learning runs on ``seed_share`` of a task type's first ``allowance`` calls.
     learn_gate
-        During the allowance, only candidates with P(clears) >= this are learned.
+        During the allowance, only candidates with P(clears) >= this are
+        learned (on evidence: ``min_fail_obs`` outcomes); when none is left
+        while on the safe arm, the likeliest one still is.
+    saving_weight
+        How much a learning draw weighs the saving against the margin above
+        the floor (see above); None: draws priced by the exploit rule.
     resolve_share, resolve_calls, resolve_per_call, resolve_gate
         After the allowance, while a task type is still on the safe arm:
         learning on ``resolve_share`` of calls, on candidates with P(clears)
