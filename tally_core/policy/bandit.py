@@ -306,7 +306,8 @@ class FloorBandit(Policy):
         default = exploit.name if exploit is not None else safe
         default_saving = c_safe - exploit.cost_usd if exploit is not None else 0.0
 
-        in_allowance = memory.clock < self.allowance and exploit is None
+        in_allowance_clock = memory.clock < self.allowance
+        in_allowance = in_allowance_clock and exploit is None
         if in_allowance or doubtful:
             # While the safe arm looks below the floor, its calls are no safer
             # than learning: learn on as many calls as it is doubtful.
@@ -352,6 +353,14 @@ class FloorBandit(Policy):
         if not gated and arms and exploit is None:
             gated = (max(arms, key=lambda a: a.confidence),)
         arms = gated
+        if exploit is not None and not doubtful and arms:
+            # A cheaper model learned beside the exploited one: at the share
+            # that keeps its expected calls below the floor at
+            # ``explore_share`` of calls, so one that is probably feasible
+            # is learned fast (all the allowance's calls) and a rival slowly.
+            risk = 1.0 - max(a.confidence for a in arms)
+            cap = self.seed_share if in_allowance_clock else self.resolve_share
+            share = min(max(self.explore_share / max(risk, 1e-9), self.explore_share), cap)
         # Learning waits while the risk spent is over budget (resolution has
         # its call cap besides); not while the safe arm itself is doubtful.
         if not arms or not (room or doubtful):
