@@ -354,10 +354,12 @@ class FloorBandit(Policy):
             gated = (max(arms, key=lambda a: a.confidence),)
         arms = gated
         if exploit is not None and not doubtful and arms:
-            # A cheaper model learned beside the exploited one: at the share
-            # that keeps its expected calls below the floor at
-            # ``explore_share`` of calls, so one that is probably feasible
-            # is learned fast (all the allowance's calls) and a rival slowly.
+            # A cheaper model beside the exploited one: at the share that
+            # keeps its expected calls below the floor at ``explore_share``
+            # of calls, so one that is probably feasible is learned fast (up
+            # to every call of the allowance, ``resolve_share`` after) and a
+            # rival slowly. Two equally good models must not leave the dearer
+            # one exploited for good.
             risk = 1.0 - max(a.confidence for a in arms)
             cap = self.seed_share if in_allowance_clock else self.resolve_share
             share = min(max(self.explore_share / max(risk, 1e-9), self.explore_share), cap)
