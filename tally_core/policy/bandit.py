@@ -23,8 +23,8 @@ the floor). FloorBandit decides what to do with the rest:
   gives them a chance of clearing and that would save more than the current
   choice, aimed at the **widest margin** (``saving_weight``): draw every
   posterior, send the call to the model whose draw is furthest above the
-  floor, plus ``saving_weight`` times its saving as a share of the safe
-  arm's cost. Aimed at the cheapest model instead, learning went to a
+  floor, plus ``saving_weight`` (0.2) times its saving as a share of the
+  safe arm's cost (so of two models about as good, the cheaper is learned). Aimed at the cheapest model instead, learning went to a
   cheaper rival just below the floor; the widest margin certifies a
   feasible model on fewer calls, and a cheaper one is learned after.
   ``saving_weight=None`` restores draws priced by the exploit rule (then
@@ -180,7 +180,7 @@ class FloorBandit(Policy):
         learn_gate: float = 0.15,
         latency_cost_factor: float = 4.0,
         doubt_below: float = 0.05,
-        saving_weight: float | None = 0.05,
+        saving_weight: float | None = 0.1,
         **base: Any,
     ) -> None:
         super().__init__(**base)
