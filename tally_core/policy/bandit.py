@@ -24,7 +24,8 @@ the floor). FloorBandit decides what to do with the rest:
   choice, aimed at the **widest margin** (``saving_weight``): draw every
   posterior, send the call to the model whose draw is furthest above the
   floor, plus ``saving_weight`` (0.2) times its saving as a share of the
-  safe arm's cost (so of two models about as good, the cheaper is learned). Aimed at the cheapest model instead, learning went to a
+  safe arm's cost (so of two models about as good, the cheaper is
+  learned). Aimed at the cheapest model instead, learning went to a
   cheaper rival just below the floor; the widest margin certifies a
   feasible model on fewer calls, and a cheaper one is learned after.
   ``saving_weight=None`` restores draws priced by the exploit rule (then
@@ -180,7 +181,7 @@ class FloorBandit(Policy):
         learn_gate: float = 0.15,
         latency_cost_factor: float = 4.0,
         doubt_below: float = 0.05,
-        saving_weight: float | None = 0.1,
+        saving_weight: float | None = 0.2,
         **base: Any,
     ) -> None:
         super().__init__(**base)
