@@ -21,17 +21,24 @@ the floor). FloorBandit decides what to do with the rest:
   every replica agrees.
 * **learn** by Thompson sampling among candidates whose posterior still
   gives them a chance of clearing and that would save more than the current
-  choice: draw every posterior, send the call to the cheapest model whose
-  draw clears the floor (models of about one price: the one drawn furthest
-  above it), or to the current choice if none does. ``top_two`` below 1
-  makes it top-two Thompson sampling (a challenger on the rest of the
-  calls); on our data plain sampling was better. Learning runs on
-  ``seed_share`` of a task type's first ``allowance`` calls; after that,
-  while the task type is still on the safe arm, on ``resolve_share`` of
-  calls, among candidates with P >= ``resolve_gate``, while the task's
-  learning calls are fewer than ``resolve_calls + resolve_per_call * calls``
-  (the resolution cap, 200 + 2% of calls at a 1% rate); once a model is
-  exploited, on ``explore_share`` (a cheaper one may still be found).
+  choice, aimed at the **widest margin** (``saving_weight``): draw every
+  posterior, send the call to the model whose draw is furthest above the
+  floor, plus ``saving_weight`` (0.2) times its saving as a share of the
+  safe arm's cost (so of two models about as good, the cheaper is
+  learned). Aimed at the cheapest model instead, learning went to a
+  cheaper rival just below the floor; the widest margin certifies a
+  feasible model on fewer calls, and a cheaper one is learned after.
+  ``saving_weight=None`` restores draws priced by the exploit rule (then
+  ``top_two`` below 1 makes it top-two sampling). Learning runs on
+  ``seed_share`` of a task type's first ``allowance`` calls, until a model
+  is exploited; after that, while the task type is still on the safe arm,
+  on ``resolve_share`` of calls, among candidates with P >= ``resolve_gate``,
+  while the task's learning calls are fewer than ``resolve_calls +
+  resolve_per_call * calls`` (the resolution cap, 200 + 2% of calls at a 1%
+  rate); once a model is exploited, on ``explore_share`` of calls, only on a
+  clearly cheaper model (``min_saving`` below the exploited one's cost: models
+  of one price differ by noise in their realised cost, not by a saving), and
+  only when its draw clears the floor.
 * **the risk budget**: learning stops while its expected number of calls
   below the floor so far (each model's learning calls, times how much
   likelier than the safe arm it now looks to be below the floor) is at or
@@ -91,6 +98,9 @@ class _Data:
     default_value: float
     doubtful: bool
     p_safe: float
+    c_safe: float = 0.0
+    saving_weight: float | None = None  # None: learning draws priced by the exploit rule
+    exploiting: bool = False
 
 
 class FloorBandit(Policy):
@@ -121,7 +131,12 @@ class FloorBandit(Policy):
     allowance, seed_share
         Learning runs on ``seed_share`` of a task type's first ``allowance`` calls.
     learn_gate
-        During the allowance, only candidates with P(clears) >= this are learned.
+        During the allowance, only candidates with P(clears) >= this are
+        learned (on evidence: ``min_fail_obs`` outcomes); when none is left
+        while on the safe arm, the likeliest one still is.
+    saving_weight
+        How much a learning draw weighs the saving against the margin above
+        the floor (see above); None: draws priced by the exploit rule.
     resolve_share, resolve_calls, resolve_per_call, resolve_gate
         After the allowance, while a task type is still on the safe arm:
         learning on ``resolve_share`` of calls, on candidates with P(clears)
@@ -152,7 +167,7 @@ class FloorBandit(Policy):
         violation_price: float = 6.0,
         learn_price: float = 1.0,
         enter: float = 0.95,
-        stay: float = 0.8,
+        stay: float = 0.6,
         min_obs: int = 30,
         min_saving: float = 0.10,
         allowance: int = 400,
@@ -161,11 +176,12 @@ class FloorBandit(Policy):
         resolve_calls: int | None = None,
         resolve_per_call: float | None = None,
         resolve_gate: float = 0.2,
-        explore_share: float = 0.03,
+        explore_share: float = 0.01,
         top_two: float = 1.0,
-        learn_gate: float = 0.02,
+        learn_gate: float = 0.15,
         latency_cost_factor: float = 4.0,
         doubt_below: float = 0.05,
+        saving_weight: float | None = 0.2,
         **base: Any,
     ) -> None:
         super().__init__(**base)
@@ -194,6 +210,11 @@ class FloorBandit(Policy):
         self.top_two = check_number("top_two", top_two, 0.0, 1.0)
         self.learn_gate = check_number("learn_gate", learn_gate, 0.0, 1.0)
         self.doubt_below = check_number("doubt_below", doubt_below, 0.0, 0.5)
+        self.saving_weight = (
+            None
+            if saving_weight is None
+            else check_number("saving_weight", saving_weight, 0.0, 10.0)
+        )
         self.latency_cost_factor = check_number(
             "latency_cost_factor", latency_cost_factor, 1.0, 1e6
         )
@@ -286,7 +307,8 @@ class FloorBandit(Policy):
         default = exploit.name if exploit is not None else safe
         default_saving = c_safe - exploit.cost_usd if exploit is not None else 0.0
 
-        in_allowance = memory.clock < self.allowance
+        in_allowance_clock = memory.clock < self.allowance
+        in_allowance = in_allowance_clock and exploit is None
         if in_allowance or doubtful:
             # While the safe arm looks below the floor, its calls are no safer
             # than learning: learn on as many calls as it is doubtful.
@@ -301,6 +323,7 @@ class FloorBandit(Policy):
             share, gate, phase = self.resolve_share, self.resolve_gate, "explore"
         else:
             share, gate, phase = self.explore_share, self.resolve_gate, "explore"
+        views = {c.name: c.view for c in survivors}
         arms = tuple(
             _Arm(
                 c.name,
@@ -311,10 +334,36 @@ class FloorBandit(Policy):
             )
             for c in ([c for c in survivors if c.name != safe] if doubtful else cands)
             if c is not exploit
-            and (doubtful or c_safe - c.cost_usd > default_saving)
-            # A gate on evidence only: 0 of 2 does not rule a model out.
-            and (confidence[c.name] >= gate or c.view.n < self.min_fail_obs)
+            # Once a model is exploited, only a clearly cheaper one is worth
+            # learning: models of about its price differ by noise in their
+            # realised cost, not by a saving.
+            and (
+                doubtful
+                or (exploit is None and c_safe - c.cost_usd > default_saving)
+                or (
+                    exploit is not None and c.cost_usd <= (1.0 - self.min_saving) * exploit.cost_usd
+                )
+            )
         )
+        # A gate on evidence only: 0 of 2 does not rule a model out. When it
+        # would leave nothing to learn while on the safe arm, the likeliest
+        # arm stays (7 of 12 must not keep a task type on the safe arm for good).
+        gated = tuple(
+            a for a in arms if a.confidence >= gate or views[a.name].n < self.min_fail_obs
+        )
+        if not gated and arms and exploit is None:
+            gated = (max(arms, key=lambda a: a.confidence),)
+        arms = gated
+        if exploit is not None and not doubtful and arms:
+            # A cheaper model beside the exploited one: at the share that
+            # keeps its expected calls below the floor at ``explore_share``
+            # of calls, so one that is probably feasible is learned fast (up
+            # to every call of the allowance, ``resolve_share`` after) and a
+            # rival slowly. Two equally good models must not leave the dearer
+            # one exploited for good.
+            risk = 1.0 - max(a.confidence for a in arms)
+            cap = self.seed_share if in_allowance_clock else self.resolve_share
+            share = min(max(self.explore_share / max(risk, 1e-9), self.explore_share), cap)
         # Learning waits while the risk spent is over budget (resolution has
         # its call cap besides); not while the safe arm itself is doubtful.
         if not arms or not (room or doubtful):
@@ -331,6 +380,9 @@ class FloorBandit(Policy):
             price=self.learn_price * c_safe,
             doubtful=doubtful,
             p_safe=p_safe,
+            c_safe=c_safe,
+            saving_weight=self.saving_weight,
+            exploiting=exploit is not None,
             default_value=(
                 0.0
                 if exploit is None or doubtful
@@ -390,12 +442,33 @@ def _sampled_best(d: _Data, normal: Callable[[], float]) -> _Arm | None:
     with the current default's. A model drawn just above the floor (a rival
     a little below it) rarely wins; one likely to be certified often does.
     None: the current default."""
+    if d.saving_weight is not None and not d.doubtful:
+        return _margin_best(d, normal)
     best, best_value = None, d.default_value
     for a in d.arms:
         z = (a.mean - d.bar) / a.sd + normal()
         p = 0.5 * (1.0 + math.erf(z / _SQRT2))
         # A doubtful safe arm: what matters is clearing at all.
         value = p - d.p_safe if d.doubtful else a.saving - d.price * (1.0 - p)
+        if value > best_value:
+            best, best_value = a, value
+    return best
+
+
+def _margin_best(d: _Data, normal: Callable[[], float]) -> _Arm | None:
+    """Thompson sampling for the arm most likely to clear the floor: each
+    arm's drawn quality less the floor, plus ``saving_weight`` times its
+    saving as a share of the safe arm's cost. Aiming at the cheapest arm
+    spends learning calls on rivals just below the floor; aiming at the
+    widest margin certifies a feasible model on fewer calls, and the cheaper
+    ones are learned after, on the exploration share. With a model
+    exploited, a cheaper arm is tried only when its draw clears the floor."""
+    w = d.saving_weight or 0.0
+    best, best_value = None, 0.0 if d.exploiting else -math.inf
+    for a in d.arms:
+        value = a.mean + a.sd * normal() - d.bar
+        if not d.exploiting:
+            value += w * a.saving / d.c_safe if d.c_safe > 0 else 0.0
         if value > best_value:
             best, best_value = a, value
     return best

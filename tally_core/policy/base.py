@@ -87,7 +87,8 @@ class Policy(ABC):
 
     fail_below, min_fail_obs
         A candidate with at least ``min_fail_obs`` outcomes and P(clears)
-        at or below ``fail_below`` is dropped: strong evidence only.
+        at or below ``fail_below`` is dropped: strong evidence only (or with
+        3 outcomes and P at or below ``fail_below`` squared: overwhelming).
     confidence
         P(clears) with which a model replaces a fallback that the evidence
         shows below the floor.
@@ -157,7 +158,7 @@ class Policy(ABC):
         survivors: list[Candidate] = []
         notes: list[str] = []
         for c in cands:
-            if c.view.n >= self.min_fail_obs and conf[c.name] <= self.fail_below:
+            if self._shown_failing(c.view.n, conf[c.name]):
                 if c.name != fallback:
                     dropped.append(Dropped(c.name, self._fail_reason(c, bar, what, conf)))
                 continue
@@ -258,10 +259,18 @@ class Policy(ABC):
             for c in cands
             if c is not ref
             and c.view.n < 2 * self.parity_min_obs
-            and posterior_mean(c.view) + 1.645 * posterior_sd(c.view)
-            > top + self.parity_tolerance
+            and posterior_mean(c.view) + 1.645 * posterior_sd(c.view) > top + self.parity_tolerance
         ]
         return max(top - self.parity_tolerance, 0.0), recheck
+
+    def _shown_failing(self, n: float, p: float) -> bool:
+        """Strong evidence below the bar: ``min_fail_obs`` outcomes and P at
+        most ``fail_below``, or overwhelming evidence (P at most its square)
+        on 3: a model graded 0.2 three times under a 0.8 floor is not learned
+        further, which would otherwise leave it a candidate no draw picks."""
+        if n >= self.min_fail_obs:
+            return p <= self.fail_below
+        return n >= 3 and p <= self.fail_below**2
 
     @staticmethod
     def _fail_reason(c: Candidate, bar: float, what: str, conf: Mapping[str, float]) -> str:

@@ -213,7 +213,7 @@ def test_cost_weighted_leader_rule() -> None:
 def test_hysteresis_enter_high_stay_while_above_the_lower_bar() -> None:
     p = FloorBandit()
     fb = view_from(bernoulli(0.97, 300))
-    # Saves 40%: enters at P >= 0.933, stays while P >= 0.933 - 0.15.
+    # Saves 40%: enters at P >= 0.933, stays while P >= 0.933 - (enter - stay).
     dip = view_from(bernoulli(0.825, 300))
     conf = prob_clears(dip, 0.8)
     assert 0.8 < conf < 0.93
@@ -332,6 +332,40 @@ def test_risk_budget_stops_learning_when_spent() -> None:
         cands, 0.8, "fb", memory=TaskMemory(clock=300.0)
     )
     assert "new" in roomy.explore
+
+
+def test_learning_aims_at_the_widest_margin_weighed_by_saving() -> None:
+    """In the allowance, a cheaper rival a little below the floor takes a
+    minority of the learning calls, a dearer model well above it the rest;
+    the weight on saving moves calls toward the cheaper model."""
+    fb = view_from(bernoulli(0.97, 300))
+    rival = view_from(bernoulli(0.76, 25))  # cheapest, 4 points below
+    good = view_from(bernoulli(0.88, 25))  # ten times its price, 8 points above
+    cands = [Candidate("rival", 0.0005, rival), Candidate("good", 0.005, good),
+             Candidate("fb", 0.010, fb)]  # fmt: skip
+
+    def shares(policy: FloorBandit) -> tuple[float, float]:
+        plan = policy.plan(cands, 0.8, "fb", memory=EMPTY_MEMORY)
+        assert plan.exploit is None and set(plan.explore) == {"rival", "good"}
+        u, z = draws(3)
+        picks = [policy.pick(plan, u, z, {}).model for _ in range(4000)]
+        return picks.count("rival") / len(picks), picks.count("fb") / len(picks)
+
+    default, default_fb = shares(FloorBandit())
+    margin_only, _ = shares(FloorBandit(saving_weight=0.0))
+    assert default_fb == 0.0  # the allowance learns on every call
+    assert margin_only < 0.25 and margin_only + 0.1 < default < 0.5, (margin_only, default)
+
+
+def test_the_learning_gate_keeps_the_likeliest_arm_while_on_the_safe_arm() -> None:
+    fb = view_from(bernoulli(0.97, 300))
+    a = view_from(bernoulli(7 / 12, 12))  # P(clears 0.8) below the gate
+    b = view_from(bernoulli(0.5, 12))
+    p = FloorBandit()
+    cands = [Candidate("a", 0.002, a), Candidate("b", 0.001, b), Candidate("fb", 0.010, fb)]
+    assert max(prob_clears(a, 0.8), prob_clears(b, 0.8)) < p.learn_gate
+    plan = p.plan(cands, 0.8, "fb", memory=EMPTY_MEMORY)
+    assert plan.exploit is None and plan.explore == ["a"]  # not nothing, not the cheaper b
 
 
 def test_resolution_is_capped() -> None:
