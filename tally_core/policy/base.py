@@ -79,6 +79,13 @@ class Plan:
     data: Any = None  # the concrete policy's own precomputation, for its _pick
     calibrating: bool = False  # the base's parity calibration: no concrete plan yet
 
+    def settled(self) -> Choice:
+        """The choice of a policy that never explores: the exploited model, else the
+        fallback (``CostOptimised`` and ``StaticThreshold`` pick this way)."""
+        if self.exploit is not None:
+            return Choice(self.exploit, "exploit", self.confidence.get(self.exploit, 0.0))
+        return Choice(self.fallback, "fallback", self.confidence.get(self.fallback, 0.0))
+
 
 class Policy(ABC):
     """Base class for routing policies: implement ``_plan`` and ``_pick``.

@@ -78,9 +78,7 @@ class CostOptimised(Policy):
         normal: Callable[[], float],
         pending: Mapping[str, int],
     ) -> Choice:
-        if plan.exploit is not None:
-            return Choice(plan.exploit, "exploit", plan.confidence.get(plan.exploit, 0.0))
-        return Choice(plan.fallback, "fallback", plan.confidence.get(plan.fallback, 0.0))
+        return plan.settled()
 
     @classmethod
     def _unit_test_params(cls) -> dict[str, Any]:
