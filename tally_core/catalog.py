@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tally_core.errors import InvalidFieldError, TallyError, UnknownModelError
+from tally_core.home import PRICE_MAP, StoreDir
 
 __all__ = [
     "PRICE_MAP_URL",
@@ -42,7 +43,7 @@ PRICE_MAP_URL = (
     "https://raw.githubusercontent.com/BerriAI/litellm/main/model_prices_and_context_window.json"
 )
 #: Where a refreshed map is kept inside a store directory.
-STORE_PRICE_MAP = "model_prices.json"
+STORE_PRICE_MAP = PRICE_MAP
 
 
 class ModelSpec(BaseModel):
@@ -184,7 +185,7 @@ def store_price_map(store: object) -> Path | None:
     where = store if isinstance(store, (str, os.PathLike)) else getattr(store, "directory", None)
     if where is None or str(where) == ":memory:":
         return None
-    path = Path(str(where)).expanduser() / STORE_PRICE_MAP
+    path = StoreDir(str(where)).price_map
     return path if path.is_file() else None
 
 
@@ -224,7 +225,7 @@ def save_price_map(directory: str | os.PathLike[str], data: bytes | str) -> dict
         )
     folder = Path(directory).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / STORE_PRICE_MAP
+    target = StoreDir(folder).price_map
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model_prices.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -42,17 +42,15 @@ import os
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tally_core.envelope import parse_task_type
 from tally_core.errors import InvalidFieldError
+from tally_core.home import StoreDir
 
 __all__ = ["RolloutSpec", "Rollouts"]
 
 log = logging.getLogger("tally")
-
-_FILE = "rollouts.json"
 
 
 @dataclass(frozen=True)
@@ -87,7 +85,7 @@ class Rollouts:
     """The rollouts a ``Tally`` runs (``tally.rollouts``); thread-safe."""
 
     def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
-        self._path = Path(directory) / _FILE if directory is not None else None
+        self._path = StoreDir(directory).rollouts if directory is not None else None
         self._specs: dict[str, RolloutSpec] = {}
         self._cells: dict[str, dict[str, _Cell]] = {}
         self._lock = threading.Lock()

@@ -17,7 +17,6 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +42,7 @@ from tally_core.events import (
     feedback_event,
     new_id,
 )
+from tally_core.home import StoreDir, default_home
 from tally_core.learning import (
     EMPTY_MEMORY,
     EMPTY_VIEW,
@@ -59,9 +59,8 @@ from tally_core.policy.floor import prob_clears
 from tally_core.recorder import Recorded, Recorder, outcome
 from tally_core.rollout import Rollouts, RolloutSpec
 from tally_core.shadow import ShadowPair, Shadows, ShadowSpec, shadow_report
+from tally_core.stores import open_store
 from tally_core.stores.base import StateStore, TaskKey
-from tally_core.stores.disk import DiskStore
-from tally_core.stores.memory import MemoryStore
 from tally_core.telemetry import TelemetryQueue
 
 if TYPE_CHECKING:
@@ -80,11 +79,6 @@ DEFAULT_OUTPUT_TOKENS = 512
 class NoCandidateError(InvalidFieldError):
     """No model in the pool is allowed for this call (``allowed_models`` /
     ``allowed_providers`` exclude them all)."""
-
-
-def default_home() -> str:
-    """``$TALLY_HOME`` or ``~/.tally``."""
-    return os.environ.get("TALLY_HOME") or str(Path("~/.tally").expanduser())
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,16 +280,7 @@ class Tally:
         self._windows = self._context_windows()
 
         self._owns_store = not isinstance(store, StateStore)
-        if isinstance(store, StateStore):
-            self.store: StateStore = store
-        elif isinstance(store, str) and store.startswith(("redis://", "rediss://", "unix://")):
-            from tally_core.stores.redis_store import RedisStore
-
-            self.store = RedisStore(store)
-        elif store is None or str(store) != ":memory:":
-            self.store = DiskStore(Path(str(store) if store is not None else default_home()))
-        else:
-            self.store = MemoryStore()
+        self.store: StateStore = open_store(store)
         directory = self.store.directory
         self.rollouts = Rollouts(directory)
         for name in self.rollouts.models:  # a rollout from before a restart: keep its model
@@ -310,7 +295,7 @@ class Tally:
             where = (
                 ledger
                 if ledger is not None
-                else (str(Path(directory) / "ledger.sqlite3") if directory else ":memory:")
+                else (str(StoreDir(directory).ledger) if directory else ":memory:")
             )
             self.ledger, self._owns_ledger = open_ledger(where), True
         # Prices in force from now on: savings reports price each call at its time.
@@ -344,7 +329,7 @@ class Tally:
         self.recorder.subscribe(self._on_recorded)
         self._queue = TelemetryQueue(
             self.recorder,
-            spool_dir=str(Path(directory) / "spool") if directory else None,
+            spool_dir=str(StoreDir(directory).spool) if directory else None,
             max_queue=max_queue,
             background=background,
         )

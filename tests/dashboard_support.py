@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tally_core import Ledger, Tally
+from tally_core.home import StoreDir
 
 START = datetime(2025, 6, 2, tzinfo=timezone.utc).timestamp()  # a Monday, 00:00 UTC
 DAYS = 5
@@ -96,6 +97,6 @@ def store_fixture(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[
 @pytest.fixture(scope="module", name="ledger")
 def ledger_fixture(store: tuple[Path, dict[str, Any]]) -> Iterator[Ledger]:
     """The store's ledger, read-only."""
-    led = Ledger(store[0] / "ledger.sqlite3", readonly=True)
+    led = Ledger(StoreDir(store[0]).ledger, readonly=True)
     yield led
     led.close()

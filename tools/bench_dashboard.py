@@ -25,6 +25,7 @@ from starlette.testclient import TestClient
 from tally_core import Ledger
 from tally_core.dashboard.app import create_app
 from tally_core.dashboard.data import DashboardData
+from tally_core.home import StoreDir
 
 MODELS = [("gpt-4o-mini", 0.15, 0.6), ("gpt-4o", 2.5, 10.0), ("claude-haiku-4-5", 1.0, 5.0)]
 PATHS = [
@@ -80,7 +81,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        fill(Path(tmp) / "ledger.sqlite3", args.calls, args.seed)
+        fill(StoreDir(tmp).ledger, args.calls, args.seed)
         data = DashboardData.open(tmp)
         client = TestClient(create_app(data))
         print(f"{args.calls:,} calls; ms per request over {args.repeats} requests")

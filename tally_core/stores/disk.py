@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tally_core.errors import StoreError
+from tally_core.home import StoreDir
 from tally_core.learning import LearnParams, Update, new_task_state
 from tally_core.stores.base import (
     Committed,
@@ -45,7 +46,9 @@ class DiskStore(StateStore):
         path = Path(directory).expanduser()
         try:
             path.mkdir(parents=True, exist_ok=True)
-            self._cache = diskcache.Cache(str(path / "state"), timeout=60, eviction_policy="none")
+            self._cache = diskcache.Cache(
+                str(StoreDir(path).state), timeout=60, eviction_policy="none"
+            )
         except Exception as exc:  # permissions, a file in the way, a full disk
             raise StoreError(f"cannot open state store at {path}: {exc}") from exc
         self.directory = str(path)

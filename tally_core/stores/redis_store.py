@@ -8,8 +8,10 @@ import random
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tally_core.errors import InvalidFieldError, StoreError
+from tally_core.home import default_home
 from tally_core.learning import LearnParams, Update, new_task_state
 from tally_core.stores.base import (
     Committed,
@@ -20,42 +22,88 @@ from tally_core.stores.base import (
     group_updates,
 )
 
-__all__ = ["RedisStore"]
+__all__ = ["REDIS_SCHEMES", "RedisStore", "is_redis_url"]
 
+#: The URL schemes a Redis (or Valkey) state store is named by.
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _BATCH_TTL_S = 7 * 24 * 3600
 _SEP = "\x1f"
+_TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+def is_redis_url(where: object) -> bool:
+    """Whether ``where`` names a Redis server rather than a directory.
+
+    >>> is_redis_url("rediss://tally@cache:6380/0"), is_redis_url("/var/lib/tally")
+    (True, False)
+    """
+    return isinstance(where, str) and where.startswith(REDIS_SCHEMES)
+
+
+def _split_prefix(url: str) -> tuple[str, str | None]:
+    """``url`` without its ``prefix=`` query argument (Tally's, not the
+    client's), and that prefix."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefixes = [v for k, v in query if k == "prefix"]
+    if not prefixes:
+        return url, None
+    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, rest, parts.fragment)), prefixes[-1]
 
 
 class RedisStore(StateStore):
-    """Bandit state in Redis: every replica routes on the same learned state.
+    """Bandit state in Redis (or Valkey): every replica routes on the same learned state.
 
     ``apply`` is an optimistic transaction: it ``WATCH``es the task states a
     batch touches and its batch id, computes the new states with the same
     arithmetic as every other store, and commits them with ``MULTI``/``EXEC``;
     if another writer changed a watched key meanwhile, it reads again and
     retries, so concurrent replicas never lose an update. States are JSON, so
-    any client can read them.
+    any client can read them. Every key starts with ``{prefix}:``, so
+    deployments with their own prefix share one server and never see each
+    other's state (an ACL user limited to ``~{prefix}:*`` can run one).
 
     Parameters
     ----------
     url
-        ``redis://host:port/db`` (or ``rediss://``, ``unix://``), or a
+        ``redis://[user:password@]host:port/db``, ``rediss://...`` for TLS, or
+        ``unix:///path/to/socket``; ``?prefix=NAME`` sets ``prefix``. Or a
         ``redis.Redis`` client to share.
     prefix
-        Key prefix, so several Tally deployments can share one Redis.
+        Key prefix of this deployment (default ``tally``, or the URL's).
+    username, password
+        ACL user and password (``requirepass`` servers: a password alone);
+        they override the URL's, so a secret need not sit in a URL.
+    ssl_ca_certs, ssl_certfile, ssl_keyfile
+        TLS with a ``rediss://`` URL: the CA bundle that signed the server's
+        certificate (default: the system's), and this client's certificate
+        and key when the server asks for one (``tls-auth-clients``).
+    ssl_check_hostname
+        Check the server certificate's name against the URL's host (on by
+        default; a certificate made for an IP address needs that address).
     directory
         Where this replica keeps its ledger and telemetry spool (both stay
-        local); default ``$TALLY_HOME`` or ``~/.tally``.
+        local unless the ledger is PostgreSQL); default the Tally home.
     max_retries
         Conflicting transactions retried before ``apply`` gives up with a
         ``StoreError`` (the telemetry queue then retries the batch later).
+
+    Errors never show the password: ``url`` is the server as
+    ``scheme://user@host:port/db``.
     """
 
     def __init__(
         self,
         url: Any = "redis://localhost:6379/0",
         *,
-        prefix: str = "tally",
+        prefix: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        ssl_ca_certs: str | os.PathLike[str] | None = None,
+        ssl_certfile: str | os.PathLike[str] | None = None,
+        ssl_keyfile: str | os.PathLike[str] | None = None,
+        ssl_check_hostname: bool = True,
         directory: str | os.PathLike[str] | None = None,
         socket_timeout_s: float = 5.0,
         max_retries: int = 100,
@@ -66,34 +114,110 @@ class RedisStore(StateStore):
             raise StoreError(
                 'RedisStore needs the redis client: pip install "tally-router[redis]"'
             ) from exc
+        self._redis = redis
+        url_prefix = None
+        if isinstance(url, str):
+            if not is_redis_url(url):
+                raise InvalidFieldError(
+                    "url", f"must start with {', '.join(REDIS_SCHEMES)}, got {url.split(':')[0]!r}"
+                )
+            url, url_prefix = _split_prefix(url)
+        if prefix is not None and url_prefix is not None and prefix != url_prefix:
+            raise InvalidFieldError(
+                "prefix", f"is {prefix!r} but the URL says prefix={url_prefix!r}: give one"
+            )
+        prefix = prefix if prefix is not None else (url_prefix or "tally")
         if not isinstance(prefix, str) or not prefix or _SEP in prefix:
             raise InvalidFieldError("prefix", f"must be a non-empty key prefix, got {prefix!r}")
-        self._redis = redis
+        tls = {"ssl_ca_certs": ssl_ca_certs, "ssl_certfile": ssl_certfile,
+               "ssl_keyfile": ssl_keyfile}  # fmt: skip
+        given = {k: os.fspath(v) for k, v in tls.items() if v is not None}
+        for name, path in given.items():
+            if not os.path.isfile(path):
+                raise InvalidFieldError(name, f"no such file: {path}")
         if isinstance(url, str):
-            try:
-                self._client = redis.Redis.from_url(
-                    url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
+            if given and not url.startswith("rediss://"):
+                raise InvalidFieldError(
+                    "url", f"TLS options ({', '.join(given)}) need a rediss:// URL"
                 )
+            options: dict[str, Any] = {
+                "socket_timeout": socket_timeout_s,
+                "socket_connect_timeout": socket_timeout_s,
+            }
+            if username is not None:
+                options["username"] = username
+            if password is not None:
+                options["password"] = password
+            if url.startswith("rediss://"):
+                options.update(given, ssl_check_hostname=ssl_check_hostname)
+            try:
+                self._client = redis.Redis.from_url(url, **options)
             except ValueError as exc:
                 raise InvalidFieldError("url", f"is not a Redis URL: {exc}") from None
             self._owns_client = True
         else:
+            if given or username is not None or password is not None:
+                raise InvalidFieldError(
+                    "url", "credentials and TLS options go with a URL, not a client"
+                )
             self._client, self._owns_client = url, False
-        from tally_core.router import default_home
-
         self.directory = str(directory) if directory is not None else default_home()
-        self.url = url if isinstance(url, str) else repr(url)
+        self.url = self._describe()
         self._p = prefix
         self._keys = f"{prefix}:keys"
         self._version = f"{prefix}:version"
         self.max_retries = max_retries
         self._closed = False
 
+    @property
+    def prefix(self) -> str:
+        return self._p
+
+    def _describe(self) -> str:
+        """The server as ``scheme://user@host:port/db``: no password, ever."""
+        try:
+            kw = self._client.connection_pool.connection_kwargs
+            cls = self._client.connection_pool.connection_class
+        except AttributeError:  # a client of another shape
+            return type(self._client).__name__
+        user = f"{kw['username']}@" if kw.get("username") else ""
+        if "path" in kw:
+            return f"unix://{user}{kw['path']}"
+        scheme = "rediss" if issubclass(cls, self._redis.SSLConnection) else "redis"
+        host, port, db = kw.get("host", "localhost"), kw.get("port", 6379), kw.get("db", 0)
+        return f"{scheme}://{user}{host}:{port}/{db}"
+
     def _skey(self, key: TaskKey) -> str:
         return f"{self._p}:state:{key[0]}{_SEP}{key[1]}"
 
     def _fail(self, exc: Exception) -> StoreError:
-        return StoreError(f"redis store at {self.url} failed: {type(exc).__name__}: {exc}")
+        """A ``StoreError`` naming the server and what to check (never the password)."""
+        r = self._redis
+        detail = f"{type(exc).__name__}: {exc}"
+        secret = getattr(self._client, "connection_pool", None)
+        secret = secret.connection_kwargs.get("password") if secret is not None else None
+        if secret:
+            detail = detail.replace(str(secret), "***")
+        text = str(exc)
+        if isinstance(exc, r.AuthenticationError) or "NOAUTH" in text or "WRONGPASS" in text:
+            hint = "authentication failed: check the username and password (or the server's ACL)"
+        elif "NOPERM" in text:
+            hint = (
+                f"the user may not use these keys or commands: its ACL needs ~{self._p}:* "
+                "and +@read +@write +@transaction"
+            )
+        elif "SSL" in text or "certificate" in text or "TLS" in text:
+            hint = (
+                "the TLS handshake failed: check the rediss:// URL, ssl_ca_certs and the "
+                "client certificate"
+            )
+        elif isinstance(exc, r.TimeoutError):
+            hint = "the server did not answer in time"
+        elif isinstance(exc, r.ConnectionError):
+            hint = "cannot connect: is the server running, reachable, and speaking TLS if rediss://?"
+        else:
+            hint = "the command failed"
+        return StoreError(f"redis store at {self.url} (prefix {self._p!r}): {hint} ({detail})")
 
     def apply(self, batch_id: str, updates: Sequence[Update], params: LearnParams) -> Committed:
         groups = group_updates(updates)
@@ -136,7 +260,8 @@ class RedisStore(StateStore):
                         # Another replica wrote one of these states: read again.
                         time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 20)))
                 raise StoreError(
-                    f"redis store at {self.url}: {self.max_retries} conflicting writes in a row"
+                    f"redis store at {self.url} (prefix {self._p!r}): {self.max_retries} "
+                    "conflicting writes in a row"
                 )
         except self._redis.RedisError as exc:
             raise self._fail(exc) from exc

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tally_core import RedisStore, Tally
+from tally_core.home import StoreDir
 
 LONG = os.environ.get("TALLY_CHAOS_LONG") == "1"
 POOL = ["gpt-4o-mini", "gpt-4o"]
@@ -81,7 +82,7 @@ def test_sigkill_mid_stream_loses_nothing_it_recorded_and_doubles_nothing(tmp_pa
         assert learned_calls(t) == rows
         ids = [r[0] for r in t.ledger.select(["decision_id"])]
         assert len(ids) == len(set(ids))
-        spool = Path(store) / "spool"
+        spool = StoreDir(store).spool
         assert not list(spool.glob("*.jsonl")) and not list(spool.glob("*.tmp"))
         assert t.telemetry_counts["quarantined"] == 0
 

@@ -20,6 +20,7 @@ pytest.importorskip("litellm")
 
 from tally_core import Tally  # noqa: E402
 from tally_core.eval.sim import load_scenario  # noqa: E402
+from tally_core.home import StoreDir
 from tally_core.ledger import Ledger  # noqa: E402
 from tally_litellm.demo import run_demo  # noqa: E402
 
@@ -101,7 +102,7 @@ def test_demo_runs_the_workload_through_the_router_and_reports(tmp_path: Path) -
 
     # Every call reached the store's ledger through the LiteLLM callback,
     # with the scenario's token counts, LiteLLM's price and the scorer's grade.
-    ledger = Ledger(store / "ledger.sqlite3", readonly=True)
+    ledger = Ledger(StoreDir(store).ledger, readonly=True)
     rows = list(ledger.rows(org="demo"))
     assert ledger.count() == 407
     ledger.close()
@@ -193,6 +194,6 @@ def test_demo_without_litellm_drives_tally_directly(tmp_path: Path, monkeypatch)
     assert "Note: litellm is not installed; routing with Tally directly" in res.output
     cost = COST.search(res.output)
     assert cost is not None and _usd(cost.group(4)) > 0
-    ledger = Ledger(store / "ledger.sqlite3", readonly=True)
+    ledger = Ledger(StoreDir(store).ledger, readonly=True)
     assert ledger.count() == 400 and {r["org"] for r in ledger.rows()} == {"demo"}
     ledger.close()

@@ -17,6 +17,7 @@ import pytest
 
 from conftest import redis_or_skip
 from tally_core import MemoryStore, RedisStore, StoreError, Tally
+from tally_core.home import StoreDir
 from tally_core.ledger import Ledger, open_ledger
 from tests.postgres_support import PASSWORD, PostgresServer, free_port, postgres_or_skip
 
@@ -37,7 +38,7 @@ def pg() -> Iterator[PostgresServer]:
 @pytest.fixture(params=["sqlite", "postgres"])
 def led(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
     if request.param == "sqlite":
-        ledger = Ledger(tmp_path / "ledger.sqlite3")
+        ledger = Ledger(StoreDir(tmp_path).ledger)
     else:
         ledger = open_ledger(request.getfixturevalue("pg").create_db())
     try:
@@ -372,7 +373,7 @@ def test_a_replicas_sqlite_ledger_moves_into_the_shared_one(
 ) -> None:
     from tally_core.ledger import copy_ledger
 
-    old = Ledger(tmp_path / "ledger.sqlite3")
+    old = Ledger(StoreDir(tmp_path).ledger)
     old.append([row(i) for i in range(2500)])
     old.sync_prices([("gpt-4o", 2.5, 10.0, "map")], ts=5.0)
     old.record_rejected([(1.0, "e-bad", None, "quality", "must be 0-1")])

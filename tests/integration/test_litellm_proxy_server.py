@@ -22,6 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tally_core.home import StoreDir
+
 pytestmark = pytest.mark.skipif(
     any(importlib.util.find_spec(m) is None for m in ("fastapi", "backoff", "uvicorn", "mcp")),
     reason="the LiteLLM proxy's dependencies are not installed (the 'proxy' extra)",
@@ -113,7 +115,7 @@ def chat(url: str, **body: Any) -> httpx.Response:
 
 def ledger_rows(home: Path, n: int) -> list[dict[str, Any]]:
     """The ledger's rows once at least ``n`` arrived (the server writes them in the background)."""
-    path = home / "state" / "ledger.sqlite3"
+    path = StoreDir(home / "state").ledger
     deadline = time.monotonic() + 20
     while True:
         if path.exists():

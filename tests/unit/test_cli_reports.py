@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from tally_core import Ledger, reports
 from tally_core.cli import app
+from tally_core.home import StoreDir
 from tests.unit.test_reports import KNOWN, _fake_map
 
 runner = CliRunner()
@@ -21,7 +22,7 @@ runner = CliRunner()
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
     where = tmp_path / "store"
-    led = Ledger(where / "ledger.sqlite3")
+    led = Ledger(StoreDir(where).ledger)
     led.append(KNOWN)
     led.sync_prices([("gpt-4o", 2.5, 10.0, "litellm-map:x"), ("gpt-4o-mini", 0.15, 0.6, "user")])
     led.close()
@@ -39,7 +40,7 @@ def _json(data: Any) -> Any:
 def test_report_json_equals_the_api(store: Path) -> None:
     res = _run("report", "--store", str(store), "--format", "json", "--by", "day")
     assert res.exit_code == 0, res.output
-    api = reports.report(Ledger(store / "ledger.sqlite3", readonly=True), by="day")
+    api = reports.report(Ledger(StoreDir(store).ledger, readonly=True), by="day")
     assert json.loads(res.stdout) == _json(api.to_dict())
     assert json.loads(res.stdout)["totals"]["calls"] == 5
 
@@ -68,7 +69,7 @@ def test_report_filters_and_formats(store: Path) -> None:
 def test_savings_json_equals_the_api(store: Path) -> None:
     res = _run("savings", "--store", str(store), "--format", "json")
     assert res.exit_code == 0, res.output
-    api = reports.savings(Ledger(store / "ledger.sqlite3", readonly=True))
+    api = reports.savings(Ledger(StoreDir(store).ledger, readonly=True))
     data = json.loads(res.stdout)
     assert data == _json(api.to_dict())
     assert data["fallback"] == "gpt-4o" and data["calls"] == 5
@@ -84,7 +85,7 @@ def test_savings_json_equals_the_api(store: Path) -> None:
 def test_export_streams_every_row(store: Path, tmp_path: Path, fmt: str) -> None:
     res = _run("export", "--store", str(store), "--format", fmt)
     assert res.exit_code == 0, res.output
-    original = list(Ledger(store / "ledger.sqlite3").rows())
+    original = list(Ledger(StoreDir(store).ledger).rows())
     assert list(reports.read_export(io.StringIO(res.stdout), fmt)) == original  # type: ignore[arg-type]
     out = tmp_path / f"out.{fmt}"
     res = _run("export", "--store", str(store), "-f", fmt, "-o", str(out), "--model", "gpt-4o")
@@ -125,7 +126,7 @@ def test_unknown_store_is_one_line(tmp_path: Path, command: str) -> None:
 
 
 def test_empty_store_gives_an_empty_report(tmp_path: Path) -> None:
-    Ledger(tmp_path / "ledger.sqlite3").close()
+    Ledger(StoreDir(tmp_path).ledger).close()
     for args in (["report"], ["savings"]):
         res = _run(*args, "--store", str(tmp_path))
         assert res.exit_code == 0 and "No calls" in res.stdout
@@ -162,9 +163,9 @@ def test_pricing_refresh_from_a_local_file(store: Path, tmp_path: Path) -> None:
     models = {m["model"]: m for m in data["models"]}
     assert models["gpt-4o"]["input_cost_per_mtok"] == 1.25
     assert models["gpt-4o"]["source"].startswith("refreshed-map:")
-    assert (store / "model_prices.json").is_file()
+    assert StoreDir(store).price_map.is_file()
     # The calls before the refresh keep their price: savings do not move.
-    before = reports.savings(Ledger(store / "ledger.sqlite3"), fallback="gpt-4o")
+    before = reports.savings(Ledger(StoreDir(store).ledger), fallback="gpt-4o")
     assert before.fallback_cost_usd == pytest.approx(0.0035 + 0.007 + 0.0035 + 0.014 + 0.0035)
 
 
@@ -174,7 +175,7 @@ def test_pricing_refresh_offline_is_one_line(store: Path) -> None:
     assert res.exit_code == 1
     assert res.stderr.startswith("tally: cannot download the price map")
     assert res.stderr.count("\n") == 1
-    assert not (store / "model_prices.json").exists()
+    assert not StoreDir(store).price_map.exists()
 
 
 def test_help_has_examples() -> None:

@@ -17,6 +17,7 @@ import pytest
 
 from tally_core import DiskStore, InvalidFieldError, MemoryStore, StoreError, Tally
 from tally_core.events import call_event, to_record
+from tally_core.home import StoreDir
 from tally_core.ledger import Ledger
 
 POOL = ["gpt-4o-mini", "gpt-4o"]
@@ -212,7 +213,7 @@ def test_overflow_is_replayed_while_running_and_flush_reflects_it(tmp_path) -> N
     store.down = False
     assert t.flush(20)  # no restart needed
     assert t.ledger.count() == 3000 and calls(t) == 3000
-    assert not list((tmp_path / "s" / "spool").glob("*.jsonl"))
+    assert not list(StoreDir(tmp_path / "s").spool.glob("*.jsonl"))
     t.close()
 
 
@@ -229,7 +230,7 @@ def _dead_pid() -> int:
 
 def test_unreadable_spool_files_are_quarantined_and_never_stop_start_up(tmp_path, caplog):
     dead = _dead_pid()
-    spool = tmp_path / "s" / "spool"
+    spool = StoreDir(tmp_path / "s").spool
     spool.mkdir(parents=True)
     good = call_event(decision_id="d1", org="default", task_type="qa", cell="*",
                       model="gpt-4o", phase=None, confidence=None, holdout=False,

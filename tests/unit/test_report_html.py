@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from tally_core import Ledger, reports
 from tally_core.cli import app
+from tally_core.home import StoreDir
 from tally_core.report_html import render_html, usd
 from tests.unit import test_cli_reports
 from tests.unit.test_reports import KNOWN
@@ -25,7 +26,7 @@ def _html(store: Path, *args: str) -> str:
 
 def test_one_self_contained_page_with_the_reports_figures(store: Path) -> None:
     page = _html(store, "--by", "day")
-    led = Ledger(store / "ledger.sqlite3", readonly=True)
+    led = Ledger(StoreDir(store).ledger, readonly=True)
     rep = reports.report(led, by="day")
     sv = reports.savings(led)
     led.close()
@@ -52,10 +53,10 @@ def test_filters_escaping_and_an_empty_selection(store: Path) -> None:
     assert "Tally report: org acme, model gpt-4o-mini" in page
     page = _html(store, "--since", "2030-01-01")
     assert "No calls for this selection." in page
-    led = Ledger(store / "ledger.sqlite3")
+    led = Ledger(StoreDir(store).ledger)
     led.append([{**KNOWN[0], "event_id": "x", "org": "<b>evil</b>", "task_type": "a&b"}])
     led.close()
-    led = Ledger(store / "ledger.sqlite3", readonly=True)
+    led = Ledger(StoreDir(store).ledger, readonly=True)
     page = render_html(reports.report(led))
     led.close()
     assert "<b>evil</b>" not in page and "&lt;b&gt;evil&lt;/b&gt;" in page and "a&amp;b" in page

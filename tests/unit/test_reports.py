@@ -15,6 +15,7 @@ import pytest
 from tally_core import InvalidFieldError, Ledger, Tally, TallyError, reports
 from tally_core import catalog as catalog_mod
 from tally_core.eval.sim import TallyRouter, load_scenario, simulate
+from tally_core.home import StoreDir
 from tally_core.ledger import COLUMNS
 
 D = datetime(2025, 6, 1, tzinfo=timezone.utc).timestamp()  # a Sunday, 00:00 UTC
@@ -415,7 +416,7 @@ def test_tally_records_prices_and_uses_a_refreshed_map(tmp_path: Path) -> None:
         first = t.savings()
         assert t.report().totals.calls == 1
         assert t.export(io.StringIO(), "csv") == 1
-    led = Ledger(store / "ledger.sqlite3")
+    led = Ledger(StoreDir(store).ledger)
     recorded = {p.model: p for p in led.prices()}
     assert recorded["gpt-4o"].input_cost_per_mtok == pytest.approx(2.5)
     assert recorded["gpt-4o"].source.startswith("litellm-map:")
@@ -430,7 +431,7 @@ def test_tally_records_prices_and_uses_a_refreshed_map(tmp_path: Path) -> None:
     assert fetched == [catalog_mod.PRICE_MAP_URL]
     assert [(c["model"], c["old_input_cost_per_mtok"], c["input_cost_per_mtok"])
             for c in changes] == [("gpt-4o", 2.5, 1.0)]  # fmt: skip
-    assert (store / "model_prices.json").is_file()
+    assert StoreDir(store).price_map.is_file()
     led.close()
 
     with Tally(["gpt-4o-mini", "gpt-4o"], store=store, seed=1, background=False) as t:
@@ -440,8 +441,8 @@ def test_tally_records_prices_and_uses_a_refreshed_map(tmp_path: Path) -> None:
         assert t.savings().fallback_cost_usd == pytest.approx(first.fallback_cost_usd)
         assert len(t.ledger.prices("gpt-4o")) == 2  # nothing new: the refresh recorded it
 
-    rows = reports.pricing(["gpt-4o", "my-model"], ledger=Ledger(store / "ledger.sqlite3"),
-                           price_map=store / "model_prices.json")  # fmt: skip
+    rows = reports.pricing(["gpt-4o", "my-model"], ledger=Ledger(StoreDir(store).ledger),
+                           price_map=StoreDir(store).price_map)  # fmt: skip
     assert rows[0].source.startswith("refreshed-map:") and rows[0].changes == 2
     assert rows[0].input_cost_per_mtok == pytest.approx(1.0)
     assert rows[1].source == "unknown"
@@ -458,11 +459,11 @@ def test_refresh_failures_are_one_line(tmp_path: Path) -> None:
         reports.refresh_prices(tmp_path, None, fetch=lambda u, t: b'{"a": 1}')
     with pytest.raises(InvalidFieldError):
         reports.refresh_prices(tmp_path, None, fetch=lambda u, t: b"<html>")
-    assert not (tmp_path / "model_prices.json").exists()
+    assert not StoreDir(tmp_path).price_map.exists()
 
 
 def test_user_prices_are_not_overridden_by_a_refresh(tmp_path: Path) -> None:
-    led = Ledger(tmp_path / "ledger.sqlite3")
+    led = Ledger(StoreDir(tmp_path).ledger)
     led.sync_prices([("gpt-4o", 2.0, 8.0, "user")], ts=1.0)
     fake = _fake_map(**{"gpt-4o": (1.0, 4.0)})
     assert reports.refresh_prices(tmp_path, led, fetch=lambda u, t: fake, now=2.0) == []

@@ -8,6 +8,7 @@ import threading
 import time
 
 from tally_core import MemoryStore, StoreError, Tally
+from tally_core.home import StoreDir
 from tally_core.telemetry import TelemetryQueue
 
 POOL = ["gpt-4o-mini", "gpt-4o"]
@@ -62,7 +63,7 @@ def test_batches_are_spooled_and_replayed_after_a_crash(tmp_path) -> None:
         deadline = time.time() + 10
         while not t.telemetry_counts["retried"] and time.time() < deadline:
             time.sleep(0.01)
-        spooled = len(list(os.scandir({str(store_dir / "spool")!r})))
+        spooled = len(list(os.scandir({str(StoreDir(store_dir).spool)!r})))
         print(spooled, flush=True)
         os._exit(9)   # die: no close(), no atexit
     """)
@@ -73,7 +74,7 @@ def test_batches_are_spooled_and_replayed_after_a_crash(tmp_path) -> None:
         assert t.flush(10)
         assert sum(s["calls"] for s in t.stats("qa-simple")) == 300
         assert t.ledger.count() == 300
-        assert not list((store_dir / "spool").glob("*.jsonl"))
+        assert not list(StoreDir(store_dir).spool.glob("*.jsonl"))
     # And once only: a third process finds nothing more to replay.
     with Tally(POOL, fallback="gpt-4o", store=str(store_dir)) as t:
         assert sum(s["calls"] for s in t.stats("qa-simple")) == 300
