@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from tally_core.errors import TallyError
+from tally_core.home import LEDGER as _LEDGER
+from tally_core.home import StoreDir
 
 app = typer.Typer(
     add_completion=False,
@@ -90,7 +92,8 @@ def demo(
     from rich.table import Table
 
     from tally_core.eval.sim import FixedRouter, TallyRouter, load_scenario, simulate
-    from tally_core.router import Tally, default_home
+    from tally_core.home import default_home
+    from tally_core.router import Tally
 
     console = _console()
 
@@ -205,7 +208,11 @@ def demo(
 @app.command()
 def stats(
     task_type: str = typer.Argument(..., help="Task type, e.g. code-debug."),
-    store: str = typer.Option(None, help="State directory (default $TALLY_HOME or ~/.tally)."),
+    store: str = typer.Option(
+        None,
+        help="State store: a directory (default $TALLY_HOME or ~/.tally), or a redis:// or "
+        "rediss:// URL (?prefix=NAME: the deployment's key prefix).",
+    ),
     models: str = typer.Option(
         None, help="Comma-separated pool (default: every model the store has seen)."
     ),
@@ -214,35 +221,52 @@ def stats(
 ) -> None:
     """The bandit's view of a task type: per model calls, quality, confidence, phase.
 
-    Example: tally stats code-debug --floor 0.8
+    Reads the learned state through the store (a directory or a fleet's Redis)
+    and writes nothing.
+
+    Examples: tally stats code-debug --floor 0.8 |
+    tally stats qa-simple --store "rediss://tally@cache:6380/0?prefix=prod"
     """
     from rich.table import Table
 
+    from tally_core.catalog import store_price_map
     from tally_core.envelope import normalise_task_type
-    from tally_core.router import Tally, default_home
-    from tally_core.stores.disk import DiskStore
+    from tally_core.router import Tally
+    from tally_core.stores import open_store
+    from tally_core.stores.readonly import ReadOnlyStore
 
-    where = store or default_home()
     try:
         tt = normalise_task_type(task_type)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="TASK_TYPE") from None
-    if models:
-        pool = [m.strip() for m in models.split(",") if m.strip()]
-    else:
-        ds = DiskStore(where)
-        state = ds.load().get((org, tt))
-        ds.close()
-        if not state:
-            typer.echo(f"no learned state for {tt!r} (org {org!r}) in {where}", err=True)
-            raise typer.Exit(1)
-        pool = sorted(state["cells"].get("*", {}))
     try:
-        with Tally(pool, store=where) as tally:
+        inner = open_store(store)
+    except TallyError as exc:
+        raise _fail(f"--store: {exc}") from None
+    where = getattr(inner, "url", None) or inner.directory
+    try:
+        if models:
+            pool = [m.strip() for m in models.split(",") if m.strip()]
+        else:
+            state = inner.load([(org, tt)]).get((org, tt))
+            if not state:
+                typer.echo(f"no learned state for {tt!r} (org {org!r}) in {where}", err=True)
+                raise typer.Exit(1)
+            pool = sorted(state["cells"].get("*", {}))
+        # A read-only view: no spool replayed, no ledger opened, nothing written.
+        with Tally(
+            pool,
+            store=ReadOnlyStore(inner, who="tally stats"),
+            ledger=":memory:",
+            background=False,
+            price_map=store_price_map(inner),
+        ) as tally:
             rows = tally.stats(tt, org=org, quality_floor=floor)
     except TallyError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
+    finally:
+        inner.close()
     table = Table(title=f"Bandit confidence — task: {tt}")
     for col in ("model", "calls", "mean quality", "confidence", "phase", "latency ms", "cost $"):
         table.add_column(col)
@@ -270,7 +294,6 @@ if TYPE_CHECKING:
 _STORE_HELP = "State directory (default $TALLY_HOME or ~/.tally)."
 _SINCE_HELP = "From (inclusive): ISO date or datetime, UTC unless it has an offset."
 _UNTIL_HELP = "Up to (exclusive); a bare date includes that whole day."
-_LEDGER = "ledger.sqlite3"
 _PALETTE = (
     "cyan",
     "magenta",
@@ -313,11 +336,8 @@ def _choice(value: str, allowed: tuple[str, ...], option: str = "--format") -> s
 
 def _store_path(store: str | None) -> tuple[Any, bool]:
     """The store directory, and whether the user named it."""
-    from pathlib import Path
 
-    from tally_core.router import default_home
-
-    return Path(store or default_home()).expanduser(), store is not None
+    return StoreDir(store).root, store is not None
 
 
 def _shown(store: str | None) -> Any:
@@ -1018,7 +1038,7 @@ def pricing(
     console = _console()
     if refresh:
         console.print(
-            f"Price map saved to {where / 'model_prices.json'}; "
+            f"Price map saved to {StoreDir(where).price_map}; "
             f"{len(changes)} price change(s) recorded in the ledger."
         )
         for c in changes:
@@ -1088,17 +1108,25 @@ def dashboard(
     fallback: str | None = typer.Option(
         None, help="The premium model savings compare with (default: the holdout calls' model)."
     ),
+    state: str | None = typer.Option(
+        None,
+        help="Learned state for the task-type pages: a directory or a redis:// URL "
+        "(default: the store directory's; none for a postgresql:// ledger).",
+    ),
 ) -> None:
     """A local, read-only web dashboard over the store: overview, task types, calls, savings.
 
+    --store is a store directory or a fleet's postgresql:// ledger, as for tally report.
     Also a JSON API (/api/report, /api/savings, /api/calls, /api/stats/TASK).
     Needs the dashboard extra: pip install 'tally-router[dashboard]'.
 
-    Examples: tally dashboard | tally dashboard --store ./tally-store --port 9000
+    Examples: tally dashboard | tally dashboard --store ./tally-store --port 9000 |
+    tally dashboard --store postgresql://tally@db/tally --state redis://cache:6379/0
     """
     from tally_core import dashboard as dash
+    from tally_core.ledger import is_postgres_url
 
-    where, _ = _store_path(store)
+    where: Any = store if is_postgres_url(store) else _store_path(store)[0]
     try:
         dash.check_host(host, allow_remote=allow_remote)
         dash.require_extra()
@@ -1106,11 +1134,12 @@ def dashboard(
         raise _bad_input(exc) from None
     except ImportError as exc:
         raise _fail(str(exc)) from None
-    if not (where / _LEDGER).is_file():
+    if not is_postgres_url(where) and not (where / _LEDGER).is_file():
         raise _fail(f"no Tally store at {where} (no {_LEDGER}); pass --store DIR or set TALLY_HOME")
     try:
         dash.serve(
-            where, host=host, port=port, org=org, allow_remote=allow_remote, fallback=fallback
+            where, host=host, port=port, org=org, allow_remote=allow_remote, fallback=fallback,
+            state=state,
         )
     except TallyError as exc:
         raise _fail(str(exc)) from None

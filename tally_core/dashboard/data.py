@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tally_core import reports
-from tally_core.errors import InvalidFieldError, StoreError, TallyError
+from tally_core.errors import InvalidFieldError, TallyError
 from tally_core.ledger import COLUMNS, Ledger
-from tally_core.stores.base import Committed, StateStore, TaskKey
+from tally_core.stores.base import StateStore
+from tally_core.stores.readonly import ReadOnlyStore
 
 if TYPE_CHECKING:
-    from tally_core.learning import LearnParams, Update
     from tally_core.router import Tally
 
 __all__ = [
@@ -60,28 +60,6 @@ PHASES: tuple[str, ...] = ("calibrate", "explore", "exploit", "fallback")
 MAX_PER_PAGE = 500
 _NAMES = tuple(c for c, _ in COLUMNS)
 _Z95 = 1.959963984540054
-
-
-class ReadOnlyStore(StateStore):
-    """A view of another store that refuses writes and has no directory (so a
-    ``Tally`` built on it keeps no spool and no ledger of its own on disk)."""
-
-    directory = None
-
-    def __init__(self, inner: StateStore) -> None:
-        self._inner = inner
-
-    def apply(self, batch_id: str, updates: Sequence[Update], params: LearnParams) -> Committed:
-        raise StoreError("the dashboard is read-only: it never writes learned state")
-
-    def load(self, keys: Iterable[TaskKey] | None = None) -> dict[TaskKey, dict[str, Any]]:
-        return self._inner.load(keys)
-
-    def version(self) -> int:
-        return self._inner.version()
-
-    def close(self) -> None:
-        self._inner.close()
 
 
 @dataclass(frozen=True)
@@ -167,20 +145,44 @@ class DashboardData:
         self._menus: dict[str | None, tuple[tuple[int, float | None], Menus]] = {}
 
     @classmethod
-    def open(cls, store: str | Path, *, fallback: str | None = None) -> DashboardData:
-        """Open a store directory's ledger read-only (a ``StoreError`` if it has
-        none) and its learned state, if there is any."""
+    def open(
+        cls,
+        store: str | Path,
+        *,
+        fallback: str | None = None,
+        state: str | Path | None = None,
+    ) -> DashboardData:
+        """Open a ledger read-only and the learned state, if there is any.
+
+        ``store`` is a store directory (its ``ledger.sqlite3``; a ``StoreError``
+        if it has none) or a fleet's ``postgresql://`` ledger, as for ``tally
+        report``. ``state`` is where the learned state lives (a directory or a
+        ``redis://`` / ``rediss://`` URL); default: the store directory's own,
+        none for a PostgreSQL ledger.
+        """
         from tally_core.catalog import store_price_map
+        from tally_core.home import StoreDir
+        from tally_core.ledger import is_postgres_url, open_ledger
+        from tally_core.stores import is_redis_url, open_store
 
-        where = Path(store).expanduser()
-        ledger = Ledger(where / "ledger.sqlite3", readonly=True)
-        state: StateStore | None = None
-        if (where / "state").is_dir():
-            from tally_core.stores.disk import DiskStore
-
-            state = ReadOnlyStore(DiskStore(where))
-        pm = store_price_map(str(where))
-        return cls(ledger, state, fallback=fallback, price_map=str(pm) if pm else None)
+        shared = is_postgres_url(store)
+        if shared:
+            ledger = open_ledger(str(store), readonly=True)
+        else:
+            ledger = Ledger(StoreDir(store).ledger, readonly=True)
+        where = state if state is not None else (None if shared else store)
+        view: StateStore | None = None
+        try:
+            if where is not None and (state is not None or StoreDir(where).state.is_dir()):
+                view = ReadOnlyStore(open_store(where), who="the dashboard")
+        except BaseException:
+            ledger.close()
+            raise
+        # The price map a store directory keeps (a PostgreSQL ledger has none:
+        # then the state's directory, if the state is one).
+        local = store if not shared else (state if not is_redis_url(state) else None)
+        pm = store_price_map(str(local)) if local is not None else None
+        return cls(ledger, view, fallback=fallback, price_map=str(pm) if pm else None)
 
     def close(self) -> None:
         with self._lock:

@@ -66,8 +66,10 @@ def serve(
     allow_remote: bool = False,
     fallback: str | None = None,
     refresh_s: float = 5.0,
+    state: str | Path | None = None,
 ) -> None:
-    """Serve the dashboard for a store directory until interrupted."""
+    """Serve the dashboard for a store directory or a ``postgresql://`` ledger
+    (learned state from ``state``, see ``DashboardData.open``) until interrupted."""
     remote = check_host(host, allow_remote=allow_remote)
     require_extra()
     import uvicorn
@@ -75,7 +77,7 @@ def serve(
     from tally_core.dashboard.app import create_app
     from tally_core.dashboard.data import DashboardData
 
-    data = DashboardData.open(store, fallback=fallback)
+    data = DashboardData.open(store, fallback=fallback, state=state)
     try:
         app = create_app(data, org=org, refresh_s=refresh_s)
         if remote:

@@ -52,6 +52,21 @@ def _split_prefix(url: str) -> tuple[str, str | None]:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, rest, parts.fragment)), prefixes[-1]
 
 
+def _drop_credentials(url: str, user: bool, password: bool) -> str:
+    """``url`` without its user name and/or password (an argument overrides
+    them: redis-py would otherwise let the URL's win)."""
+    parts = urlsplit(url)
+    info, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return url
+    name, colon, secret = info.partition(":")
+    name = "" if user else name
+    secret = "" if password else secret
+    info = name + (f":{secret}" if colon and secret else "")
+    netloc = f"{info}@{host}" if info else host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
 class RedisStore(StateStore):
     """Bandit state in Redis (or Valkey): every replica routes on the same learned state.
 
@@ -126,7 +141,8 @@ class RedisStore(StateStore):
             raise InvalidFieldError(
                 "prefix", f"is {prefix!r} but the URL says prefix={url_prefix!r}: give one"
             )
-        prefix = prefix if prefix is not None else (url_prefix or "tally")
+        if prefix is None:
+            prefix = url_prefix if url_prefix is not None else "tally"
         if not isinstance(prefix, str) or not prefix or _SEP in prefix:
             raise InvalidFieldError("prefix", f"must be a non-empty key prefix, got {prefix!r}")
         tls = {"ssl_ca_certs": ssl_ca_certs, "ssl_certfile": ssl_certfile,
@@ -144,6 +160,7 @@ class RedisStore(StateStore):
                 "socket_timeout": socket_timeout_s,
                 "socket_connect_timeout": socket_timeout_s,
             }
+            url = _drop_credentials(url, username is not None, password is not None)
             if username is not None:
                 options["username"] = username
             if password is not None:
@@ -199,22 +216,23 @@ class RedisStore(StateStore):
         if secret:
             detail = detail.replace(str(secret), "***")
         text = str(exc)
+        denied = getattr(r.exceptions, "NoPermissionError", ())
         if isinstance(exc, r.AuthenticationError) or "NOAUTH" in text or "WRONGPASS" in text:
             hint = "authentication failed: check the username and password (or the server's ACL)"
-        elif "NOPERM" in text:
+        elif isinstance(exc, denied) or "NOPERM" in text or "no permissions" in text:
             hint = (
                 f"the user may not use these keys or commands: its ACL needs ~{self._p}:* "
                 "and +@read +@write +@transaction"
             )
-        elif "SSL" in text or "certificate" in text or "TLS" in text:
+        elif any(w in text.lower() for w in ("ssl", "tls", "certificate")):
             hint = (
-                "the TLS handshake failed: check the rediss:// URL, ssl_ca_certs and the "
-                "client certificate"
+                "the TLS handshake failed: check ssl_ca_certs (the CA that signed the "
+                "server's certificate) and, if the server asks for one, ssl_certfile/ssl_keyfile"
             )
         elif isinstance(exc, r.TimeoutError):
             hint = "the server did not answer in time"
         elif isinstance(exc, r.ConnectionError):
-            hint = "cannot connect: is the server running, reachable, and speaking TLS if rediss://?"
+            hint = "cannot connect: is the server running and reachable, and does it want TLS?"
         else:
             hint = "the command failed"
         return StoreError(f"redis store at {self.url} (prefix {self._p!r}): {hint} ({detail})")

@@ -3,11 +3,13 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
 from tally_core import DiskStore, MemoryStore, RedisStore, StateStore, StoreError
 from tally_core.learning import LearnParams, Update
+from tests.redis_support import TlsRedis, tls_redis_or_skip
 
 P = LearnParams()
 
@@ -22,13 +24,26 @@ def upd(
     return Update(org, task, cell, model, q, q is None, 100.0, 10, 0.001)
 
 
-@pytest.fixture(params=["memory", "disk", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(scope="module")
+def tls_redis(tmp_path_factory) -> Iterator[TlsRedis]:
+    server = tls_redis_or_skip(tmp_path_factory.mktemp("tls"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["memory", "disk", pytest.param("redis", marks=pytest.mark.redis),
+                        pytest.param("redis-tls", marks=pytest.mark.redis)])  # fmt: skip
 def store(request, tmp_path) -> StateStore:
     s: StateStore
     if request.param == "memory":
         s = MemoryStore()
     elif request.param == "disk":
         s = DiskStore(tmp_path / "s")
+    elif request.param == "redis-tls":  # TLS with a client certificate
+        server, c = (tls := request.getfixturevalue("tls_redis")), tls.certs
+        s = RedisStore(server.url, prefix=f"t-{uuid.uuid4().hex}", directory=tmp_path,
+                       ssl_ca_certs=c["ca_crt"], ssl_certfile=c["client_crt"],
+                       ssl_keyfile=c["client_key"])  # fmt: skip
     else:
         url = request.getfixturevalue("redis_url")
         s = RedisStore(url, prefix=f"t-{uuid.uuid4().hex}", directory=tmp_path)
