@@ -22,10 +22,12 @@ from tally_core.stores.base import (
     group_updates,
 )
 
-__all__ = ["REDIS_SCHEMES", "RedisStore", "is_redis_url"]
+__all__ = ["PASSWORD_ENV", "REDIS_SCHEMES", "RedisStore", "is_redis_url"]
 
 #: The URL schemes a Redis (or Valkey) state store is named by.
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+#: Where the password is read from when neither the arguments nor the URL give one.
+PASSWORD_ENV = "TALLY_REDIS_PASSWORD"
 _BATCH_TTL_S = 7 * 24 * 3600
 _SEP = "\x1f"
 _TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
@@ -89,7 +91,9 @@ class RedisStore(StateStore):
         Key prefix of this deployment (default ``tally``, or the URL's).
     username, password
         ACL user and password (``requirepass`` servers: a password alone);
-        they override the URL's, so a secret need not sit in a URL.
+        they override the URL's, so a secret need not sit in a URL. With
+        neither a ``password`` nor one in the URL, ``$TALLY_REDIS_PASSWORD``
+        is used if set (so ``tally stats --store URL`` keeps it out of argv).
     ssl_ca_certs, ssl_certfile, ssl_keyfile
         TLS with a ``rediss://`` URL: the CA bundle that signed the server's
         certificate (default: the system's), and this client's certificate
@@ -163,6 +167,8 @@ class RedisStore(StateStore):
             url = _drop_credentials(url, username is not None, password is not None)
             if username is not None:
                 options["username"] = username
+            if password is None and urlsplit(url).password is None:
+                password = os.environ.get(PASSWORD_ENV) or None
             if password is not None:
                 options["password"] = password
             if url.startswith("rediss://"):

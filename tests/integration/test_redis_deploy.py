@@ -133,7 +133,9 @@ def test_an_acl_user_confined_to_its_prefix_runs_a_deployment(server, tmp_path) 
         store.close()
 
 
-def test_a_password_only_server_and_arguments_that_override_the_url(server) -> None:
+def test_a_password_only_server_and_arguments_that_override_the_url(
+    server, monkeypatch
+) -> None:
     admin(server).config_set("requirepass", "only-s3cret")
     url = f"redis://127.0.0.1:{server.port}/0"
     try:
@@ -141,12 +143,22 @@ def test_a_password_only_server_and_arguments_that_override_the_url(server) -> N
             RedisStore(url, prefix="p").version()
         assert "s3cret" not in str(err.value)
         with RedisStore(f"redis://:only-s3cret@127.0.0.1:{server.port}/0", prefix="p") as s:
-            assert s.apply("b", [upd()], P).applied and s.version() == 1
+            assert s.apply("b", [upd("gpt-4o-mini")], P).applied and s.version() == 1
             assert s.url == url
         # password= wins over the URL's, so the secret can stay out of the URL.
         with RedisStore(f"redis://:stale@127.0.0.1:{server.port}/0", prefix="p",
                         password="only-s3cret") as s:  # fmt: skip
             assert s.load()[("default", "qa-simple")]["clock"] == 1.0
+        # With no password given, $TALLY_REDIS_PASSWORD: the CLI keeps it out of argv.
+        monkeypatch.setenv("TALLY_REDIS_PASSWORD", "only-s3cret")
+        with RedisStore(url, prefix="p") as s:
+            assert s.version() == 1
+        res = CliRunner().invoke(app, ["stats", "qa-simple", "--store", f"{url}?prefix=p"])
+        assert res.exit_code == 0 and "│ gpt-4o-mini " in res.stdout, res.output
+        monkeypatch.setenv("TALLY_REDIS_PASSWORD", "wrong-s3cret")
+        res = CliRunner().invoke(app, ["stats", "qa-simple", "--store", f"{url}?prefix=p"])
+        assert res.exit_code == 2 and "authentication failed" in res.stderr
+        assert "s3cret" not in res.stderr
     finally:
         admin(server, "only-s3cret").config_set("requirepass", "")
 
