@@ -256,3 +256,59 @@ def test_tally_stats_on_an_unreachable_redis_is_one_line_without_the_password(
     assert res.exit_code == 2
     assert f"redis://u@127.0.0.1:{s.port}/0" in res.stderr and "cannot connect" in res.stderr
     assert "s3cret" not in res.output + res.stderr
+
+
+# -- the README's recipe, run --------------------------------------------------------------
+
+
+def _readme_block(after: str) -> str:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = text.index("```", text.index(after)) + 3
+    return text[text.index("\n", start) + 1 : text.index("```", start)]
+
+
+def test_the_readmes_redis_conf_and_replica_settings_work(tmp_path, monkeypatch) -> None:
+    """The README's redis.conf, on loopback with throwaway certificates, and a
+    replica with the README's settings; the ACL keeps another prefix out."""
+    probe = tls_redis_or_skip(tmp_path / "tls")  # certificates, and a TLS-capable server
+    probe.stop()
+    c = probe.certs
+    paths = {"/etc/redis/tls/redis.crt": c["server_crt"], "/etc/redis/tls/redis.key":
+             c["server_key"], "/etc/redis/tls/ca.crt": c["ca_crt"]}  # fmt: skip
+    conf = []
+    for line in _readme_block("**Redis** (the learned state)").splitlines():
+        line = line.split("#")[0].rstrip()
+        for old, new in paths.items():
+            line = line.replace(old, str(new))
+        if line.startswith("bind "):
+            line = "bind 127.0.0.1"
+        if line.startswith("tls-port "):
+            line = f"tls-port {probe.port}"
+        if line:
+            conf.append(line)
+    assert any(x.startswith("user tally-prod") for x in conf)
+    (tmp_path / "redis.conf").write_text("\n".join([*conf, f"dir {tmp_path}", ""]))
+
+    class Conf(RedisServer):
+        def listen_args(self) -> list[str]:
+            return [str(tmp_path / "redis.conf")]
+
+    server = Conf()
+    server.port = probe.port
+    server.start()
+    try:
+        env = dict(line.split("=", 1) for line in _readme_block("**Each replica**").split())
+        url = env["TALLY_REDIS_URL"].replace("10.0.0.5", "127.0.0.1").replace(
+            ":6380", f":{probe.port}")
+        monkeypatch.setenv("TALLY_REDIS_PASSWORD", "PROD-PASSWORD")
+        with RedisStore(url, ssl_ca_certs=c["ca_crt"], directory=tmp_path / "r") as s:
+            assert s.prefix == "myapp-prod"
+            learn(s, tmp_path / "r", {"gpt-4o-mini": 0.9, "claude-haiku-4-5": 0.9,
+                                      "gpt-4o": 0.9}, 30, 5)  # fmt: skip
+            assert sum(calls_by_model(s).values()) == 30
+        staging = url.replace("prefix=myapp-prod", "prefix=myapp-staging")
+        with RedisStore(staging, ssl_ca_certs=c["ca_crt"]) as other, \
+                pytest.raises(StoreError, match="may not use these keys"):  # fmt: skip
+            other.apply("b", [upd()], P)
+    finally:
+        server.stop()
