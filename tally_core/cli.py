@@ -231,6 +231,7 @@ def stats(
 
     from tally_core.catalog import store_price_map
     from tally_core.envelope import normalise_task_type
+    from tally_core.errors import InvalidFieldError
     from tally_core.router import Tally
     from tally_core.stores import open_store
     from tally_core.stores.readonly import ReadOnlyStore
@@ -241,6 +242,8 @@ def stats(
         raise typer.BadParameter(str(exc), param_hint="TASK_TYPE") from None
     try:
         inner = open_store(store)
+    except InvalidFieldError as exc:  # the URL's own fields (prefix, TLS files) by name
+        raise _fail(f"--store: {exc.args[1] if exc.field == 'store' else exc}") from None
     except TallyError as exc:
         raise _fail(f"--store: {exc}") from None
     where = getattr(inner, "url", None) or inner.directory
@@ -263,8 +266,7 @@ def stats(
         ) as tally:
             rows = tally.stats(tt, org=org, quality_floor=floor)
     except TallyError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
+        raise _fail(str(exc)) from None
     finally:
         inner.close()
     table = Table(title=f"Bandit confidence — task: {tt}")

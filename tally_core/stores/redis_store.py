@@ -152,8 +152,10 @@ class RedisStore(StateStore):
         tls = {"ssl_ca_certs": ssl_ca_certs, "ssl_certfile": ssl_certfile,
                "ssl_keyfile": ssl_keyfile}  # fmt: skip
         given = {k: os.fspath(v) for k, v in tls.items() if v is not None}
-        for name, path in given.items():
-            if not os.path.isfile(path):
+        in_url = dict(parse_qsl(urlsplit(url).query)) if isinstance(url, str) else {}
+        for name in _TLS_FILES:
+            path = given.get(name, in_url.get(name))
+            if path is not None and not os.path.isfile(path):
                 raise InvalidFieldError(name, f"no such file: {path}")
         if isinstance(url, str):
             if given and not url.startswith("rediss://"):

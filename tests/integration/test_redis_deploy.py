@@ -218,6 +218,9 @@ def test_tls_refusals_are_store_errors_naming_the_server(tmp_path) -> None:
     with pytest.raises(InvalidFieldError) as err:
         RedisStore(server.url, ssl_ca_certs=tmp_path / "nope.crt")
     assert err.value.field == "ssl_ca_certs"
+    with pytest.raises(InvalidFieldError) as err:
+        RedisStore(f"{server.url}?ssl_keyfile={tmp_path / 'nope.key'}")
+    assert err.value.field == "ssl_keyfile"
 
 
 # -- tally stats through the store interface --------------------------------------------

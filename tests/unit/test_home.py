@@ -63,3 +63,17 @@ def test_no_store_imports_the_router() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
                 assert node.module != "tally_core.router", path.name
+
+
+def test_a_url_that_names_no_state_store_is_refused_not_made_a_directory(
+    tmp_path, monkeypatch
+) -> None:
+    from tally_core import InvalidFieldError
+
+    monkeypatch.chdir(tmp_path)
+    for url, says in (("postgresql://tally@db/tally", "names the ledger"),
+                      ("http://cache:6379", "use redis://")):  # fmt: skip
+        with pytest.raises(InvalidFieldError) as err:
+            Tally(["gpt-4o-mini", "gpt-4o"], store=url, ledger=":memory:")
+        assert err.value.field == "store" and says in str(err.value)
+    assert list(tmp_path.iterdir()) == []
