@@ -9,8 +9,11 @@ Routers (``tally_core.eval.sim``, one seeded stream per seed, shared by all):
 
 - ``tally``: the default ``FloorBandit``, envelopes with ``complexity``;
 - ``tally-no-complexity``: the same, the complexity left out of the envelope;
-- ``complexity-threshold``: ``Tally(policy=ComplexityThreshold())``, the
-  article's tiers per (task group, complexity level) through the base's floor;
+- ``complexity-threshold``: ``Tally(policy=ComplexityThreshold(tiers=TIERS))``,
+  the article's tiers per (task group, complexity level) through the base's
+  floor, its models named (``TIERS``);
+- ``complexity-threshold-positions``: the same with tiers as positions in
+  the candidates ranked by realised cost per call;
 - ``threshold``: the article's ``threshold_route`` on the call's score, no floor;
 - ``oracle`` (cheapest model that truly clears the floor for the call's
   level) and ``always-best`` (the reference for cost).
@@ -36,7 +39,8 @@ sys.path.insert(0, str(ROOT))
 from tally_core.eval.sim import Scenario, SimRouter, TallyRouter, run_comparison  # noqa: E402
 from tally_core.policy import ComplexityThreshold  # noqa: E402
 
-ROUTERS = ("tally", "tally-no-complexity", "complexity-threshold", "threshold")
+ROUTERS = ("tally", "tally-no-complexity", "complexity-threshold",
+           "complexity-threshold-positions", "threshold")
 METRICS = (
     ("cost_vs_best", "cost / always-best", "{:.3f}"),
     ("oracle_savings_share", "share of oracle saving", "{:.3f}"),
@@ -49,8 +53,20 @@ def _no_complexity(sc: Scenario, seed: int) -> SimRouter:
     return TallyRouter(sc, seed, complexity=False, name="tally-no-complexity")
 
 
+# The article's tiers named in the seed-landscape pool, as the simulator's
+# ``threshold`` router places them by the catalog price of each call.
+TIERS = {"economy": "gemini-2.5-flash-lite", "standard": "gpt-4o-mini",
+         "premium": "claude-sonnet-4-5", "top": "o1"}
+
+
 def _complexity_threshold(sc: Scenario, seed: int) -> SimRouter:
-    return TallyRouter(sc, seed, name="complexity-threshold", policy=ComplexityThreshold())
+    return TallyRouter(sc, seed, name="complexity-threshold",
+                       policy=ComplexityThreshold(tiers=TIERS))
+
+
+def _complexity_positions(sc: Scenario, seed: int) -> SimRouter:
+    return TallyRouter(sc, seed, name="complexity-threshold-positions",
+                       policy=ComplexityThreshold())
 
 
 def _dist(xs: list[float], fmt: str) -> str:
@@ -68,7 +84,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--calls", type=int, default=None)
     args = ap.parse_args()
-    extra = {"tally-no-complexity": _no_complexity, "complexity-threshold": _complexity_threshold}
+    extra = {"tally-no-complexity": _no_complexity, "complexity-threshold": _complexity_threshold,
+             "complexity-threshold-positions": _complexity_positions}
     got: dict[str, dict[str, list[float]]] = {}
     for seed in range(1, args.seeds + 1):
         r = run_comparison(args.scenario, seed=seed, calls=args.calls, routers=ROUTERS,

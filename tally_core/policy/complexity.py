@@ -5,7 +5,8 @@ rest), and each group maps a complexity score to a price tier
 (``THRESHOLD_RULES``: ``[(complexity below, tier)]``, the last entry catches
 the rest). A tier is a position in the candidates sorted by price:
 ``economy`` the cheapest, ``standard`` the second cheapest, ``premium`` the
-second dearest, ``top`` the dearest (``tier_position``). It never learns.
+second dearest, ``top`` the dearest (``tier_position``), unless ``tiers``
+names the model of a tier. It never learns.
 
 The call's complexity comes as a level (the envelope's
 ``complexity_level``: a score is bucketed by thirds, so a routing plan is
@@ -100,6 +101,11 @@ class ComplexityThreshold(StaticThreshold):
         must hold a ``default`` group. The article's by default.
     groups
         Task type -> group; task types not in it are ``default``.
+    tiers
+        Tier -> model, as the article names its models. A tier not named
+        here (or a model not in the pool) is a position by price; positions
+        follow the realised cost per call, which can reorder models of
+        close prices as evidence comes in, so naming them keeps tiers fixed.
     cheap_below, premium_from
         ``StaticThreshold``'s floor tiers, for calls without a complexity.
     """
@@ -109,6 +115,7 @@ class ComplexityThreshold(StaticThreshold):
         *,
         rules: Mapping[str, Sequence[tuple[float, str]]] | None = None,
         groups: Mapping[str, str] | None = None,
+        tiers: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -136,15 +143,25 @@ class ComplexityThreshold(StaticThreshold):
         unknown = sorted({g for g in groups.values() if g not in checked})
         if unknown:
             raise InvalidFieldError("groups", f"groups without rules: {', '.join(unknown)}")
+        tiers = dict(tiers or {})
+        bad_tiers = sorted(set(tiers) - set(TIERS))
+        if bad_tiers:
+            raise InvalidFieldError("tiers", f"must name tiers of {', '.join(TIERS)}, got "
+                                    f"{bad_tiers}")
         self.rules = checked
         self.groups = groups
+        self.tiers = tiers
 
     def _position(
-        self, n: int, bar: float, task_type: str | None, complexity: str | None
+        self, ranked: Sequence[str], bar: float, task_type: str | None, complexity: str | None
     ) -> tuple[int, str]:
         score = LEVEL_SCORES.get(complexity) if complexity is not None else None
         if score is None:
-            return super()._position(n, bar, task_type, complexity)
+            return super()._position(ranked, bar, task_type, complexity)
         group = self.groups.get(task_type or "", "default")
         tier = rule_tier(self.rules.get(group, self.rules["default"]), score)
-        return tier_position(tier, n), f"complexity {complexity}, group {group}: tier {tier}"
+        why = f"complexity {complexity}, group {group}: tier {tier}"
+        named = self.tiers.get(tier)
+        if named is not None and named in ranked:
+            return list(ranked).index(named), why
+        return tier_position(tier, len(ranked)), why

@@ -69,7 +69,7 @@ class StaticThreshold(Policy):
         exploit: str | None = None
         notes: list[str] = []
         if ranked:
-            at, why = self._position(len(ranked), bar, task_type, complexity)
+            at, why = self._position(ranked, bar, task_type, complexity)
             ok = {c.name for c in survivors}
             exploit = next((m for m in ranked[at:] if m in ok), None)
             if why:
@@ -84,10 +84,11 @@ class StaticThreshold(Policy):
         )
 
     def _position(
-        self, n: int, bar: float, task_type: str | None, complexity: str | None
+        self, ranked: Sequence[str], bar: float, task_type: str | None, complexity: str | None
     ) -> tuple[int, str]:
-        """The tier's position among ``n`` candidates by price (0: cheapest), and
-        a line for ``explain()`` saying why (empty: nothing to add)."""
+        """The tier's position in ``ranked`` (the candidates by price, cheapest
+        first), and a line for ``explain()`` saying why (empty: nothing to add)."""
+        n = len(ranked)
         tier = 0 if bar < self.cheap_below else 2 if bar >= self.premium_from else 1
         return (0, n // 2, n - 1)[tier], ""
 

@@ -182,6 +182,15 @@ def test_custom_rules_and_bad_rules() -> None:
         ComplexityThreshold(groups={"reasoning": "hard"})
 
 
+def test_named_tiers_stay_put_whatever_the_costs_say() -> None:
+    p = ComplexityThreshold(tiers={"premium": "4o", "top": "o1"})
+    # "4o" is third dearest here: by position premium would be sonnet.
+    assert p.plan(CANDS, 0.8, "o1", task_type="reasoning", complexity="medium").exploit == "4o"
+    assert p.plan(CANDS, 0.8, "o1", task_type="reasoning", complexity="low").exploit == "mini"
+    with pytest.raises(InvalidFieldError, match="tiers: must name tiers of economy"):
+        ComplexityThreshold(tiers={"gold": "o1"})
+
+
 def test_through_tally_the_call_complexity_picks_the_tier() -> None:
     tally = Tally(POOL, fallback="gpt-4o", store=":memory:", seed=1, background=False,
                   policy=ComplexityThreshold())
