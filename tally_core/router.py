@@ -77,7 +77,9 @@ log = logging.getLogger("tally")
 DEFAULT_OUTPUT_TOKENS = 512
 # Complexity cells (``Envelope.cell`` ends in the level): they split a task
 # type's calls in large shares that are meant to differ, so they are used
-# on a quarter of the evidence other cells need (``cell_min_obs``).
+# on a quarter of the evidence other cells need (``cell_min_obs``): at 20,
+# easy calls found the cheap model in 4 of the 10 seeds of
+# tests/unit/test_complexity.py, at 5 in 8.
 _LEVEL_SUFFIXES = ("|low", "|medium", "|high")
 
 
