@@ -201,6 +201,9 @@ def test_through_tally_the_call_complexity_picks_the_tier() -> None:
         d = tally.route(task_type="translation", quality_floor=0.8, complexity=0.1)
         assert d.model == "gpt-4o-mini" and d.cell.endswith("|low")
         assert "complexity low, group default: tier economy" in d.explain()
+        assert "complexity: low (learned in its own cell" in d.explain()
+        plain = tally.route(task_type="translation", quality_floor=0.8)
+        assert "complexity" not in plain.explain()
     finally:
         tally.close()
 
