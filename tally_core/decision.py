@@ -98,6 +98,12 @@ class RouteDecision:
             shown = [f"{f}={getattr(env, f, '?')}" if env is not None else f
                      for f in self.inferred]
             lines.append(f"  inferred from the messages: {', '.join(shown)}")
+        level = self.cell.rpartition("|")[2]
+        if level in ("low", "medium", "high"):
+            lines.append(
+                f"  complexity: {level} (learned in its own cell; the task type's "
+                "evidence where that cell has little or agrees)"
+            )
         if self.holdout:
             lines.append("  holdout: sent to the fallback as part of the control group")
         for note in self.notes:

@@ -298,6 +298,11 @@ class Envelope(BaseModel):
             f"{self.structure_type}|{bucket}|{_tools_bucket(self.tools_used)}"
             f"|{'t' if self.time_sensitive else 'n'}"
         )
+        level = self.complexity_level
+        if level is not None:
+            # Its own cell: the router backs it off to the task type while it
+            # is sparse, like the others. No complexity, the same key as before.
+            self._cell += "|" + level
         # Everything a routing plan depends on besides learned state. Exact
         # token counts enter only where they change the plan (cost caps);
         # the context filter keys on them separately.

@@ -74,7 +74,7 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@-]{0,127}$")
 _MODEL = re.compile(r"^[^\s\x00-\x1f\x7f]{1,256}$")
 _ERROR = re.compile(r"^[A-Za-z0-9_.:/-]{1,120}$")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
-_CELL = re.compile(r"^(\*|[a-z]{1,16}\|[a-z-]{1,16}\|(0|1-3|4\+)\|[tn])$")
+_CELL = re.compile(r"^(\*|[a-z]{1,16}\|[a-z-]{1,16}\|(0|1-3|4\+)\|[tn](\|(low|medium|high))?)$")
 _CONTEXT = re.compile(r"^(short|medium|long|very-long|[0-9]{1,9})$")
 _PHASES = frozenset({"calibrate", "explore", "exploit", "fallback"})
 

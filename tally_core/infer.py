@@ -32,7 +32,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from itertools import chain
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     import numpy as np
@@ -52,8 +53,11 @@ __all__ = [
 
 # Characters read from the start and from the end of the last user turn, and
 # from the start of the system prompt: instructions sit at the edges of a
-# turn ("Summarise this: <paste>", "<paste> ... what's wrong here?").
-HEAD_CHARS = 400
+# turn ("Summarise this: <paste>", "<paste> ... what's wrong here?"). Every
+# labelled prompt fits in 300 + 150 (the longest has 372 characters); a head
+# of 400 read no better on long prompts and cost ~20% more, one of 240 read
+# fewer instructions right (tools/train_infer.py --report).
+HEAD_CHARS = 300
 TAIL_CHARS = 150
 SYSTEM_CHARS = 300
 # Messages looked at from the end for the last user turn (a long agent
@@ -205,6 +209,11 @@ _COMPLEXITY_CUES: dict[str, str] = {
 }
 
 
+# The complexity model's inputs besides the cue groups, in the order
+# ``complexity_features`` makes them (``_complexity`` relies on it).
+_COMPLEXITY_NUMERIC = ("c:words", "c:chars", "c:commas", "c:ands", "c:turns", "c:tools")
+
+
 def _vocab(groups: Mapping[str, str], prefix: str) -> dict[str, tuple[str, ...]]:
     out: dict[str, list[str]] = {}
     for name, words in groups.items():
@@ -284,7 +293,8 @@ class Inference:
 
 
 def _role_content(m: Any) -> tuple[str, Any]:
-    if isinstance(m, Mapping):
+    # A plain dict first: the Mapping check goes through the ABC machinery.
+    if type(m) is dict or isinstance(m, Mapping):
         role = m.get("role")
         return (role if isinstance(role, str) else ""), m.get("content")
     # LangChain messages (duck-typed: no import): .type is human/system/ai/tool.
@@ -334,7 +344,9 @@ class _Read:
 
 def _read(messages: Any) -> _Read:
     r = _Read()
-    if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)):
+    if type(messages) is not list and (
+        not isinstance(messages, Sequence) or isinstance(messages, (str, bytes))
+    ):
         if isinstance(messages, str):
             r.user, r.user_chars, _ = _window(messages, HEAD_CHARS, TAIL_CHARS)
         return r
@@ -404,14 +416,20 @@ class _Parts:
     n: int  # words in the window
 
 
-def _parts(r: _Read, tools: Any, response_format: Any) -> _Parts:
+def _parts(r: _Read, tools: Any, response_format: Any, model: _Model | None = None) -> _Parts:
+    """The parts of a call; with ``model``, only the word pairs and triples it
+    knows (what scoring reads: joining every pair costs more than the rest)."""
     raw = r.user
     words = _words(raw)
     edge = words[:_BIGRAM_WORDS] + words[-_BIGRAM_WORDS // 2 :] if words else []
-    pairs = set(map(" ".join, zip(edge, edge[1:], strict=False)))
     # Three-word phrases ("how are you") open a turn: only the first words.
     opening = edge[:_TRIGRAM_WORDS]
-    grams = pairs.union(map(" ".join, zip(opening, opening[1:], opening[2:], strict=False)))
+    if model is None:
+        pairs = set(map(" ".join, zip(edge, edge[1:], strict=False)))
+        grams = pairs.union(map(" ".join, zip(opening, opening[1:], opening[2:], strict=False)))
+    else:
+        pairs = set()
+        grams = _known_grams(edge, opening, model)
     flags: list[str] = []
     if not _INTO.isdisjoint(edge) and not _LANGS.isdisjoint(edge) and any(
         a in _INTO and b in _LANGS for a, b in zip(edge, edge[1:], strict=False)
@@ -446,7 +464,7 @@ def _parts(r: _Read, tools: Any, response_format: Any) -> _Parts:
     if _QUOTED.search(" " + lead):  # the space: a quote that opens the turn
         flags.append("x:quoted")
     n = len(words)
-    flags.append("x:len" + ("0" if n <= 4 else "1" if n <= 15 else "2" if n <= 40 else "3"))
+    flags.append("x:len0" if n <= 4 else "x:len1" if n <= 15 else "x:len2" if n <= 40 else "x:len3")
     if tools:
         flags.append("x:tools")
     if r.tool_turn:
@@ -457,6 +475,22 @@ def _parts(r: _Read, tools: Any, response_format: Any) -> _Parts:
         flags.append("x:json")
     sw = set(_words(r.system)) if r.system else set()
     return _Parts(set(words), pairs, grams, words[0] if words else "", sw, flags, n)
+
+
+def _known_grams(edge: list[str], opening: list[str], m: _Model) -> set[str]:
+    """The pairs of ``edge`` and triples of ``opening`` that ``m`` has rows for
+    (the same as joining them all and intersecting, for a fraction of the joins)."""
+    nxt = m.pair_next
+    out = {
+        a + " " + b
+        for a, b in zip(edge, edge[1:], strict=False)
+        if a in nxt and b in nxt[a]
+    }
+    first3, keys = m.triple_first, m.gram_keys
+    for a, b, c in zip(opening, opening[1:], opening[2:], strict=False):
+        if a in first3 and (g := f"{a} {b} {c}") in keys:
+            out.add(g)
+    return out
 
 
 def _names(p: _Parts) -> list[str]:
@@ -476,20 +510,28 @@ def _names(p: _Parts) -> list[str]:
     return list(dict.fromkeys(feats))
 
 
-def _rows(p: _Parts, m: _Model) -> list[int]:
-    """The model rows of the parts' features: ``_names`` without building names."""
-    wr, gr, sr = m.word_rows, m.gram_rows, m.sys_rows
-    rows = {i for w in p.ws & m.word_keys for i in wr[w]}
-    rows.update([i for g in p.grams & m.gram_keys for i in gr[g]])
+def _rows(p: _Parts, m: _Model) -> tuple[list[int], set[int]]:
+    """The model rows of the parts' features (``_names`` without building
+    names): the rows of their own (one per word, pair, system word or first
+    word, so never twice) and the rule and structure rows (shared by many
+    words: a set), which are also the ones ``signals`` names."""
+    # map/chain keep the loops in C: this runs on every call.
+    # (Key sets are frozensets: a set & a dict's keys view is far slower.)
+    own = list(map(m.word_own.__getitem__, p.ws & m.word_own_keys))
+    sig = set(chain.from_iterable(map(m.word_sig.__getitem__, p.ws & m.word_sig_keys)))
+    if p.grams:
+        own.extend(map(m.gram_own.__getitem__, p.grams & m.gram_own_keys))
+        sig.update(chain.from_iterable(map(m.gram_sig.__getitem__, p.grams & m.gram_sig_keys)))
     if p.sw:
-        rows.update([i for w in p.sw & m.sys_keys for i in sr[w]])
+        own.extend(map(m.sys_own.__getitem__, p.sw & m.sys_own_keys))
+        sig.update(chain.from_iterable(map(m.sys_sig.__getitem__, p.sw & m.sys_sig_keys)))
     index = m.index
     if (i := index.get("f:" + p.first)) is not None:
-        rows.add(i)
+        own.append(i)
     for f in p.flags:
         if (i := index.get(f)) is not None:
-            rows.add(i)
-    return list(rows)
+            sig.add(i)
+    return own, sig
 
 
 def _json_format(response_format: Any) -> bool:
@@ -512,6 +554,7 @@ def complexity_features(r: _Read, ws: set[str], n_words: int, n_tools: int) -> d
     for k in _COMPLEXITY_CUES:
         out[k] = math.log1p(out[k])
     head = r.user[:HEAD_CHARS]
+    # The order of _COMPLEXITY_NUMERIC.
     out["c:words"] = math.log1p(n_words)
     out["c:chars"] = math.log1p(r.user_chars) / 10.0
     out["c:commas"] = math.log1p(head.count(",") + head.count(";"))
@@ -537,36 +580,55 @@ def read_complexity_features(
 class _Model:
     classes: tuple[str, ...]
     index: dict[str, int]  # feature name -> row of weights
-    weights: np.ndarray  # (features, classes)
-    bias: np.ndarray
+    weights: np.ndarray  # (features + 1, classes): the last row is the bias
+    bias_row: int
     threshold: float
     c_weights: dict[str, float]
     c_bias: float
     c_task: dict[str, float]
     signals: dict[int, str]  # row -> name, for rule and structure features only
-    # Rows each word / word pair / system word switches on (its own and its
-    # rule groups'), so scoring builds no feature names.
-    word_rows: dict[str, tuple[int, ...]]
-    gram_rows: dict[str, tuple[int, ...]]
-    sys_rows: dict[str, tuple[int, ...]]
-    word_keys: frozenset[str]
-    gram_keys: frozenset[str]
-    sys_keys: frozenset[str]
-    n_signals: int  # rows below this are rule and structure features
+    # The rows each word / word pair / system word switches on, so scoring
+    # builds no feature names: its own row, and its rule groups' rows.
+    word_own: dict[str, int]
+    word_sig: dict[str, tuple[int, ...]]
+    gram_own: dict[str, int]
+    gram_sig: dict[str, tuple[int, ...]]
+    sys_own: dict[str, int]
+    sys_sig: dict[str, tuple[int, ...]]
+    word_own_keys: frozenset[str]
+    word_sig_keys: frozenset[str]
+    gram_own_keys: frozenset[str]
+    gram_sig_keys: frozenset[str]
+    sys_own_keys: frozenset[str]
+    sys_sig_keys: frozenset[str]
+    gram_keys: frozenset[str]  # every pair or triple with a row
+    pair_next: dict[str, frozenset[str]]  # first word of a known pair -> its second words
+    triple_first: frozenset[str]  # first words of the known triples
     signal_weights: tuple[tuple[float, ...], ...]  # per class, the signal rows' weights
+    c_cues: tuple[tuple[str, float], ...]  # complexity cue groups and their weights, in order
+    c_numeric: tuple[float, float, float, float, float, float]  # the other inputs' weights
 
 
-def _row_map(
+def _row_maps(
     index: Mapping[str, int], prefix: str, groups: Mapping[str, tuple[str, ...]], gprefix: str
-) -> dict[str, tuple[int, ...]]:
-    keys = {f[len(prefix):] for f in index if f.startswith(prefix)} | set(groups)
-    out: dict[str, tuple[int, ...]] = {}
-    for k in keys:
-        names = [prefix + k, *(gprefix + g for g in groups.get(k, ()))]
-        rows = tuple(dict.fromkeys(index[n] for n in names if n in index))
+) -> tuple[dict[str, int], dict[str, tuple[int, ...]]]:
+    """Key -> its own row (``prefix + key``), and key -> its groups' rows."""
+    own = {f[len(prefix):]: i for f, i in index.items() if f.startswith(prefix)}
+    sig: dict[str, tuple[int, ...]] = {}
+    for k, gs in groups.items():
+        rows = tuple(dict.fromkeys(index[gprefix + g] for g in gs if gprefix + g in index))
         if rows:
-            out[k] = rows
-    return out
+            sig[k] = rows
+    return own, sig
+
+
+def _pair_next(grams: frozenset[str]) -> dict[str, frozenset[str]]:
+    out: dict[str, set[str]] = {}
+    for g in grams:
+        words = g.split(" ")
+        if len(words) == 2:
+            out.setdefault(words[0], set()).add(words[1])
+    return {a: frozenset(bs) for a, bs in out.items()}
 
 
 _SIGNAL_PREFIXES = ("k:", "sk:", "x:")
@@ -582,29 +644,47 @@ def _model() -> _Model:
     data = json.loads(path.read_text(encoding="utf-8"))
     feats = data["features"]
     index = {f: i for i, f in enumerate(feats)}
-    word_rows = _row_map(index, "w:", _GROUP_WORDS, "")
-    gram_rows = _row_map(index, "b:", _GROUP_PHRASES, "")
-    sys_rows = _row_map(index, "s:", _GROUP_WORDS, "s")
+    word_own, word_sig = _row_maps(index, "w:", _GROUP_WORDS, "")
+    gram_own, gram_sig = _row_maps(index, "b:", _GROUP_PHRASES, "")
+    sys_own, sys_sig = _row_maps(index, "s:", _GROUP_WORDS, "s")
+    grams = frozenset(gram_own) | frozenset(gram_sig)
+    c_weights = {k: float(v) for k, v in data["complexity"]["weights"].items()}
     signals = {i: f for f, i in index.items() if f.startswith(_SIGNAL_PREFIXES)}
     if signals and max(signals) != len(signals) - 1:
         raise ValueError("infer_model.json: rule and structure features must come first")
     return _Model(
         classes=tuple(data["classes"]),
         index=index,
-        weights=np.asarray(data["weights"], dtype=np.float64),
-        bias=np.asarray(data["bias"], dtype=np.float64),
+        weights=np.vstack(
+            [np.asarray(data["weights"], dtype=np.float64),
+             np.asarray(data["bias"], dtype=np.float64)[None, :]]
+        ),
+        bias_row=len(feats),
         threshold=float(data.get("threshold", CONFIDENCE_THRESHOLD)),
-        c_weights={k: float(v) for k, v in data["complexity"]["weights"].items()},
+        c_weights=c_weights,
         c_bias=float(data["complexity"]["bias"]),
         c_task={k: float(v) for k, v in data["complexity"]["task_offset"].items()},
         signals=signals,
-        word_rows=word_rows,
-        gram_rows=gram_rows,
-        sys_rows=sys_rows,
-        word_keys=frozenset(word_rows),
-        gram_keys=frozenset(gram_rows),
-        sys_keys=frozenset(sys_rows),
-        n_signals=len(signals),
+        word_own=word_own,
+        word_sig=word_sig,
+        gram_own=gram_own,
+        gram_sig=gram_sig,
+        sys_own=sys_own,
+        sys_sig=sys_sig,
+        word_own_keys=frozenset(word_own),
+        word_sig_keys=frozenset(word_sig),
+        gram_own_keys=frozenset(gram_own),
+        gram_sig_keys=frozenset(gram_sig),
+        sys_own_keys=frozenset(sys_own),
+        sys_sig_keys=frozenset(sys_sig),
+        gram_keys=grams,
+        pair_next=_pair_next(grams),
+        triple_first=frozenset(g.split(" ")[0] for g in grams if g.count(" ") == 2),
+        c_cues=tuple((k, c_weights.get(k, 0.0)) for k in _COMPLEXITY_CUES),
+        c_numeric=cast(
+            "tuple[float, float, float, float, float, float]",
+            tuple(c_weights.get(k, 0.0) for k in _COMPLEXITY_NUMERIC),
+        ),
         signal_weights=tuple(
             tuple(float(v) for v in col) for col in np.asarray(data["weights"])[: len(signals)].T
         ),
@@ -652,23 +732,23 @@ def infer_task(
     ('conversation', 'low')
     """
     r = _read(messages)
-    if not r.user.strip() and not r.media:
+    if (not r.user or r.user.isspace()) and not r.media:
         return Inference(default, 0.0, 0.0, ("x:empty",), "")
     model = _model()
-    p = _parts(r, tools, response_format)
-    idx = _rows(p, model)
-    scores = model.bias + model.weights.take(idx, axis=0).sum(axis=0) if idx else model.bias
-    logits: list[float] = scores.tolist()
+    p = _parts(r, tools, response_format, model)
+    own, sig = _rows(p, model)
+    own.extend(sig)
+    own.append(model.bias_row)  # the bias, added last (as bias + the rows' sum was)
+    logits: list[float] = model.weights.take(own, axis=0).sum(axis=0).tolist()
     top = max(logits)
     best = logits.index(top)
-    confidence = 1.0 / sum(math.exp(v - top) for v in logits)
+    confidence = 1.0 / sum([math.exp(v - top) for v in logits])
     guessed = model.classes[best]
     cut = model.threshold if threshold is None else threshold
     task = guessed if confidence >= cut else default
     # The rule features that pushed the winner most: names, never text.
-    ns, sig, row = model.n_signals, model.signals, model.signal_weights[best]
-    named = [(row[i], sig[i]) for i in idx if i < ns]
-    named.sort(reverse=True)
+    names, row = model.signals, model.signal_weights[best]
+    named = sorted([(row[i], names[i]) for i in sig], reverse=True)
     signals = tuple(f for w, f in named[:3] if w > 0)
     complexity = _complexity(model, r, p.ws, p.n, tools, guessed)
     return Inference(task, round(confidence, 4), round(complexity, 4), signals, guessed)
@@ -677,9 +757,28 @@ def infer_task(
 def _complexity(
     model: _Model, r: _Read, ws: set[str], n_words: int, tools: Any, task_type: str
 ) -> float:
-    cf = complexity_features(r, ws, n_words, _count_tools(tools))
+    # ``complexity_features`` weighed, without building its dict: the same
+    # terms in the same order (a cue that is absent adds exactly 0).
+    terms: list[float] = []
+    hit = ws & _COMPLEXITY_KEYS
+    if hit:
+        counts = dict.fromkeys(_COMPLEXITY_CUES, 0)
+        for w in hit:
+            for name in _COMPLEXITY_WORDS[w]:
+                counts[name] += 1
+        terms.extend([w * math.log1p(counts[k]) for k, w in model.c_cues if counts[k]])
+    head = r.user[:HEAD_CHARS]
+    ws_, wc, wco, wa, wt, wto = model.c_numeric
+    terms += (
+        ws_ * math.log1p(n_words),
+        wc * (math.log1p(r.user_chars) / 10.0),
+        wco * math.log1p(head.count(",") + head.count(";")),
+        wa * math.log1p(head.count(" and ") + head.count(" with ") + head.count(" then ")),
+        wt * math.log1p(max(r.turns - 1, 0)),
+        wto * math.log1p(_count_tools(tools)),
+    )
     z = model.c_bias + model.c_task.get(task_type, 0.0)
-    z += sum(model.c_weights.get(k, 0.0) * v for k, v in cf.items())
+    z += sum(terms)
     return 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
 
 

@@ -35,6 +35,12 @@ from typing import Any, Protocol
 
 from tally_core.catalog import Catalog, ModelSpec
 from tally_core.errors import InvalidFieldError
+from tally_core.policy.complexity import (
+    THRESHOLD_GROUPS,
+    THRESHOLD_RULES,
+    rule_tier,
+    tier_position,
+)
 
 __all__ = [
     "CheapestRouter",
@@ -56,6 +62,9 @@ __all__ = [
 ]
 
 
+_LEVELS = ("low", "medium", "high")
+
+
 @dataclass
 class TaskSpec:
     name: str
@@ -67,6 +76,11 @@ class TaskSpec:
     input_tokens: int = 1_000
     output_tokens: int = 300
     envelope: dict[str, Any] = field(default_factory=dict)
+    # Complexity level -> share of the task's calls; each call then carries a
+    # complexity score in its envelope, and ``quality_by_complexity`` (level
+    # -> model -> true quality) overrides ``quality`` for calls of that level.
+    complexity: dict[str, float] = field(default_factory=dict)
+    quality_by_complexity: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -126,6 +140,19 @@ class Scenario:
                 )
             if t.outcome not in ("beta", "bernoulli"):
                 raise InvalidFieldError(f"tasks.{t.name}.outcome", "must be beta or bernoulli")
+            for key, levels in (
+                ("complexity", t.complexity),
+                ("quality_by_complexity", t.quality_by_complexity),
+            ):
+                bad = sorted(set(levels) - set(_LEVELS))
+                if bad:
+                    raise InvalidFieldError(
+                        f"tasks.{t.name}.{key}", f"levels must be low, medium, high, got {bad}"
+                    )
+            if t.complexity and not all(v >= 0 for v in t.complexity.values()):
+                raise InvalidFieldError(f"tasks.{t.name}.complexity", "shares must be >= 0")
+            if t.complexity and sum(t.complexity.values()) <= 0:
+                raise InvalidFieldError(f"tasks.{t.name}.complexity", "shares must sum above 0")
         return sc
 
     def model_names(self) -> list[str]:
@@ -203,6 +230,8 @@ class TallyRouter:
     does), its calls under ``org``; with a background worker, ``flush_every``
     calls wait for it to catch up, since simulated traffic comes far faster
     than real. ``on_call(n)`` is told after each call (a progress bar).
+    ``complexity=False`` routes without the calls' complexity (the bandit
+    learns per task type and its other cells only); ``name`` names it in results.
     """
 
     def __init__(
@@ -214,11 +243,14 @@ class TallyRouter:
         org: str | None = None,
         flush_every: int = 0,
         on_call: Callable[[int], None] | None = None,
+        complexity: bool = True,
+        name: str = "tally",
         **tally_kwargs: Any,
     ) -> None:
         from tally_core.router import Tally
 
-        self.name = "tally"
+        self.name = name
+        self._complexity = complexity
         self._all = {(m if isinstance(m, str) else m["name"]): m for m in scenario.models}
         if tally is None:
             joined = {e.model for e in scenario.events if e.join}
@@ -247,6 +279,8 @@ class TallyRouter:
             if name not in self.tally.catalog:
                 spec = self._all[name]
                 self.tally.add_model(ModelSpec(**spec) if isinstance(spec, dict) else spec)
+        if not self._complexity and "complexity" in envelope:
+            envelope = {k: v for k, v in envelope.items() if k != "complexity"}
         d = self.tally.route(envelope, **self._org)
         self._last = d
         self.phases.append(d.phase)
@@ -377,36 +411,14 @@ class CheapestRouter:
         pass
 
 
-#: The seed article's ``threshold_route(complexity, intent)``: intent group ->
-#: [(complexity below, tier)], last entry catches the rest. Tiers are positions
-#: in the pool sorted by the task's call cost: ``economy`` the cheapest,
-#: ``standard`` the second cheapest (the article's gpt-4o-mini), ``premium``
-#: the second most expensive (claude-sonnet), ``top`` the most expensive (gpt-4o).
-THRESHOLD_RULES: dict[str, list[tuple[float, str]]] = {
-    # "These tasks rarely need premium models"
-    "simple": [(0.7, "standard"), (2.0, "premium")],
-    # "These tasks are quality-sensitive"
-    "quality-sensitive": [(0.3, "standard"), (0.6, "premium"), (2.0, "top")],
-    "default": [(0.4, "economy"), (0.7, "standard"), (2.0, "premium")],
-}
-THRESHOLD_GROUPS: dict[str, str] = {
-    "formatting": "simple",
-    "classification": "simple",
-    "extraction": "simple",
-    "code-generation": "quality-sensitive",
-    "reasoning": "quality-sensitive",
-    # Not in the article's two lists; they are as hard as code and reasoning.
-    "code-debug": "quality-sensitive",
-    "architecture-design": "quality-sensitive",
-}
-
-
 class ThresholdRouter:
     """The seed article's static threshold router.
 
-    Each call gets a complexity drawn uniformly from 0-1 (seeded; the article
-    takes it from a classifier), and ``THRESHOLD_RULES`` maps (task group,
-    complexity) to a price tier. It never learns.
+    Each call's complexity is its envelope's score when the scenario gives
+    one, else drawn uniformly from 0-1 (seeded; the article takes it from a
+    classifier), and ``THRESHOLD_RULES`` maps (task group, complexity) to a
+    price tier (``tally_core.policy.complexity``, where the same rules route
+    as a ``Tally`` policy). It never learns.
     """
 
     name = "threshold"
@@ -418,13 +430,11 @@ class ThresholdRouter:
         self._rng = random.Random(seed)
 
     def choose(self, task: TaskSpec, envelope: dict[str, Any], pool: Sequence[str]) -> str:
-        complexity = self._rng.random()
-        rules = THRESHOLD_RULES[THRESHOLD_GROUPS.get(task.name, "default")]
-        tier = next(t for bound, t in rules if complexity < bound)
+        given = envelope.get("complexity")
+        complexity = float(given) if isinstance(given, float) else self._rng.random()
+        tier = rule_tier(THRESHOLD_RULES[THRESHOLD_GROUPS.get(task.name, "default")], complexity)
         ranked = sorted(pool, key=lambda m: self._cost(task, m))
-        n = len(ranked)
-        pos = {"economy": 0, "standard": min(1, n - 1), "premium": max(n - 2, 0), "top": n - 1}
-        return ranked[pos[tier]]
+        return ranked[tier_position(tier, len(ranked))]
 
     def observe(self, *args: Any, **kwargs: Any) -> None:
         pass
@@ -594,6 +604,9 @@ def simulate(
     noise2 = rng.random(n)
     tok_jitter = rng.lognormal(0.0, 0.3, size=(n, 2))
     lat_jitter = rng.lognormal(0.0, 0.25, size=n)
+    # Complexity draws come from a stream of their own, so a scenario without
+    # complexity sees the very stream it saw before they existed.
+    levels, scores = _complexity_draws(tasks, task_idx, seed)
 
     def state_at(i: int) -> tuple[dict[tuple[str | None, str], float], set[str], dict[str, float]]:
         frac = i / n
@@ -650,12 +663,19 @@ def simulate(
             task = tasks[task_idx[i]]
             pool = [m for m in names if m not in joined_later]
 
-            def truth(t: TaskSpec, m: str, _o: Any = overrides) -> float:
-                return float(_o.get((t.name, m), _o.get((None, m), t.quality[m])))
+            level = levels[i] if levels is not None else None
+
+            def truth(t: TaskSpec, m: str, _o: Any = overrides, _lv: Any = level) -> float:
+                base = t.quality[m]
+                if _lv is not None and _lv in t.quality_by_complexity:
+                    base = t.quality_by_complexity[_lv].get(m, base)
+                return float(_o.get((t.name, m), _o.get((None, m), base)))
 
             it = max(1, int(task.input_tokens * tok_jitter[i, 0]))
             ot = max(1, int(task.output_tokens * tok_jitter[i, 1]))
             env = {"task_type": task.name, "quality_floor": task.floor, **task.envelope}
+            if level is not None and scores is not None:
+                env["complexity"] = float(scores[i])
             if isinstance(router, OracleRouter):
                 router._truth = truth  # the oracle sees the world as it is now
             if prepare is not None:
@@ -676,6 +696,38 @@ def simulate(
                 progress(i)
         results[router.name] = rec.result(router, scenario)
     return results
+
+
+def _complexity_draws(
+    tasks: Sequence[TaskSpec], task_idx: Any, seed: int
+) -> tuple[list[str | None] | None, Any]:
+    """Each call's complexity level and score (a score inside the level's
+    third, to 2 decimals), or (None, None) when no task has a complexity mix."""
+    if not any(t.complexity for t in tasks):
+        return None, None
+    import numpy as np
+
+    rng = np.random.default_rng([seed, 16])
+    pick, within = rng.random(len(task_idx)), rng.random(len(task_idx))
+    cum = []
+    for t in tasks:
+        total = sum(t.complexity.get(lv, 0.0) for lv in _LEVELS)
+        acc, edges = 0.0, []
+        for lv in _LEVELS:
+            acc += t.complexity.get(lv, 0.0) / total if total else 0.0
+            edges.append(acc)
+        cum.append(edges)
+    levels: list[str | None] = []
+    scores = np.zeros(len(task_idx))
+    for i, ti in enumerate(task_idx):
+        if not tasks[ti].complexity:
+            levels.append(None)
+            continue
+        k = next((j for j, e in enumerate(cum[ti]) if pick[i] < e), 2)
+        levels.append(_LEVELS[k])
+        # Kept off the thirds' edges, so the score's level is the drawn one.
+        scores[i] = round((k + 0.01 + 0.98 * within[i]) / 3, 2)
+    return levels, scores
 
 
 class _Recorder:

@@ -249,6 +249,8 @@ class FloorBandit(Policy):
         memory: TaskMemory,
         leader: str | None,
         time_sensitive: bool,
+        task_type: str | None = None,
+        complexity: str | None = None,
     ) -> Plan:
         c_safe = costs.get(safe)
         if c_safe is None or c_safe <= 0.0:

@@ -136,8 +136,15 @@ class Policy(ABC):
         *,
         time_sensitive: bool = False,
         memory: TaskMemory = EMPTY_MEMORY,
+        task_type: str | None = None,
+        complexity: str | None = None,
     ) -> Plan:
-        """Enforce the floor, then precompute the concrete policy's route."""
+        """Enforce the floor, then precompute the concrete policy's route.
+
+        ``task_type`` and ``complexity`` (``low | medium | high`` or None)
+        describe the call, for policies that route on them
+        (``ComplexityThreshold``); the learned evidence in ``candidates``
+        is already that of the call's context cell."""
         cands = sorted(candidates, key=lambda c: c.cost_usd)
         costs = {c.name: c.cost_usd for c in cands}
         considered = [(c.name, c.view.mean, c.view.n, c.cost_usd) for c in cands]
@@ -210,6 +217,8 @@ class Policy(ABC):
             memory=memory,
             leader=memory.leader_for(floor),
             time_sensitive=time_sensitive,
+            task_type=task_type,
+            complexity=complexity,
         )
         allowed = frozenset(c.name for c in survivors) | {safe}
         plan.floor = bar
@@ -301,11 +310,14 @@ class Policy(ABC):
         memory: TaskMemory,
         leader: str | None,
         time_sensitive: bool,
+        task_type: str | None = None,
+        complexity: str | None = None,
     ) -> Plan:
         """Plan among ``survivors`` (cheapest first; none is shown below
         ``bar``). ``safe`` is where a call goes when nothing else is chosen;
         ``memory`` is the task type's policy memory, ``leader`` the model this
-        floor was last exploited on."""
+        floor was last exploited on; ``task_type`` and ``complexity`` the
+        call's (None when not known)."""
         raise NotImplementedError("Policy._plan() must be implemented")
 
     @abstractmethod

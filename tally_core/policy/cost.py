@@ -53,6 +53,8 @@ class CostOptimised(Policy):
         memory: TaskMemory,
         leader: str | None,
         time_sensitive: bool,
+        task_type: str | None = None,
+        complexity: str | None = None,
     ) -> Plan:
         known = [c for c in survivors if c.view.n >= self.min_obs]
         exploit = next((c for c in known if posterior_mean(c.view) >= bar), None)

@@ -62,21 +62,35 @@ class StaticThreshold(Policy):
         memory: TaskMemory,
         leader: str | None,
         time_sensitive: bool,
+        task_type: str | None = None,
+        complexity: str | None = None,
     ) -> Plan:
         ranked = sorted(costs, key=lambda m: costs[m])  # every candidate, by price
-        tier = 0 if bar < self.cheap_below else 2 if bar >= self.premium_from else 1
         exploit: str | None = None
+        notes: list[str] = []
         if ranked:
-            at = (0, len(ranked) // 2, len(ranked) - 1)[tier]
+            at, why = self._position(ranked, bar, task_type, complexity)
             ok = {c.name for c in survivors}
             exploit = next((m for m in ranked[at:] if m in ok), None)
+            if why:
+                notes.append(f"{why}: {exploit or safe}")
         return Plan(
             floor=bar,
             exploit=exploit,
             fallback=safe,
             confidence=dict(confidence),
             costs=dict(costs),
+            notes=notes,
         )
+
+    def _position(
+        self, ranked: Sequence[str], bar: float, task_type: str | None, complexity: str | None
+    ) -> tuple[int, str]:
+        """The tier's position in ``ranked`` (the candidates by price, cheapest
+        first), and a line for ``explain()`` saying why (empty: nothing to add)."""
+        n = len(ranked)
+        tier = 0 if bar < self.cheap_below else 2 if bar >= self.premium_from else 1
+        return (0, n // 2, n - 1)[tier], ""
 
     def _pick(
         self,

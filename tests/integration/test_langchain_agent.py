@@ -436,3 +436,14 @@ def test_auto_telemetry_does_not_count_the_middlewares_calls_twice(tally):
         agent.invoke(ask())
     got = rows(tally)
     assert len(got) == 3 and all(r["decision_id"] for r in got)
+
+
+def test_inference_off_in_the_middleware_keeps_the_default_task_type(tally):
+    agent = create_agent(kids()["pricey"], [], middleware=[
+        TallyMiddleware(tally, kids(), infer_envelope=False)])
+    agent.invoke({"messages": [HumanMessage("Translate 'good night' into French.")]})
+    agent2 = create_agent(kids()["pricey"], [], middleware=[TallyMiddleware(tally, kids())])
+    agent2.invoke({"messages": [HumanMessage("Translate 'good night' into French.")]})
+    got = rows(tally)
+    assert [(r["task_type"], r["cell"].count("|")) for r in got] == [
+        ("general", 3), ("translation", 4)]

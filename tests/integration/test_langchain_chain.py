@@ -209,3 +209,50 @@ def test_the_example_runs_offline(capsys):
     out = capsys.readouterr().out
     assert "Where the last 50 calls" in out
     assert "saved" in out
+
+
+# Prompts of different kinds, none labelled: the kind each should be read as.
+KINDS = {
+    "Translate 'where is the train station?' into Spanish.": "translation",
+    "My Python script crashes with KeyError: 'user_id' when I load the JSON file. "
+    "What is wrong?": "code-debug",
+    "Classify the sentiment of this review as positive, negative or neutral: "
+    "'The battery died after two days.'": "classification",
+    "Write a short poem about autumn leaves falling in the rain.": "creative-writing",
+    "Should a small blog use a database or flat files?": "architecture-design",
+    "Design a multi-region, exactly-once event pipeline for a global payments platform: "
+    "compare Kafka and a database outbox, cover failover, partitions, idempotent consumers, "
+    "p99 latency and the trade-offs of each.": "architecture-design",
+}
+RAW = ChatPromptTemplate.from_messages([("user", "{text}")])
+
+
+def test_unlabelled_prompts_in_a_chain_land_in_their_task_types_and_learn_apart(tally):
+    chat = ChatTally(tally=tally, models=children())
+    chain = RAW | chat | StrOutputParser()
+    texts = [t for t in KINDS for _ in range(3)]
+    for t in texts:  # one at a time: the ledger's order is the prompts'
+        chain.invoke({"text": t})
+    got = rows(tally)
+    assert [r["task_type"] for r in got] == [KINDS[t] for t in texts]
+    # Each task type learns on its own state, and the two design prompts
+    # (trivial and hard) in cells of their own within it.
+    for kind, n in Counter(KINDS.values()).items():
+        assert sum(s["calls"] for s in tally.stats(kind)) == 3 * n
+    arch = [r["cell"] for r in got if r["task_type"] == "architecture-design"]
+    assert {c.rsplit("|", 1)[1] for c in arch} == {"low", "high"}
+    assert (tally.stats("general")[0]["calls"]) == 0
+
+
+def test_given_fields_win_and_the_switch_turns_inference_off_in_a_chain(tally):
+    given = ChatTally(tally=tally, models=children(),
+                      envelope={"task_type": "qa-simple", "complexity": "high"})
+    off = ChatTally(tally=tally, models=children(), infer_envelope=False)
+    for chat in (given, off):
+        for t in KINDS:
+            (RAW | chat | StrOutputParser()).invoke({"text": t})
+    got = rows(tally)
+    assert {(r["task_type"], r["cell"]) for r in got[: len(KINDS)]} == {
+        ("qa-simple", "prose|short|0|n|high")}
+    assert {(r["task_type"], r["cell"]) for r in got[len(KINDS):]} == {
+        ("general", "prose|short|0|n")}

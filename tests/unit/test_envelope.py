@@ -42,6 +42,18 @@ def test_defaults_and_cell() -> None:
     assert Envelope(task_type="x", context_length="medium").min_context_tokens == 4_001
 
 
+def test_complexity_is_a_cell_of_its_own_and_absent_keeps_the_old_key() -> None:
+    assert Envelope(task_type="qa", complexity=None).cell == "prose|short|0|n"
+    assert Envelope(task_type="qa", complexity="HIGH").cell == "prose|short|0|n|high"
+    assert Envelope(task_type="qa", complexity=0.2).cell == "prose|short|0|n|low"
+    assert Envelope(task_type="qa", complexity=0.5).cell == "prose|short|0|n|medium"
+    assert Envelope(task_type="qa", complexity=1).cell == "prose|short|0|n|high"
+    # Plans are cached per cell: a level is part of the plan key, a score only by its level.
+    assert Envelope(task_type="qa", complexity=0.8).plan_key == Envelope(
+        task_type="qa", complexity="high").plan_key
+    assert Envelope(task_type="qa", complexity="low").plan_key != Envelope(task_type="qa").plan_key
+
+
 @pytest.mark.parametrize(
     ("fields", "field", "fragment"),
     [
@@ -135,7 +147,7 @@ def test_random_envelopes_validate_or_raise_the_documented_error(task: object, e
         assert exc.field in {*data, "task_type"}
         assert str(exc).startswith(f"{exc.field}: ")
     else:
-        assert env.task_type and env.cell.count("|") == 3
+        assert env.task_type and env.cell.count("|") == 3 + (env.complexity is not None)
         if env.quality_floor is not None:
             assert 0.0 <= env.quality_floor <= 1.0
         assert env.tools_used >= 0

@@ -205,14 +205,19 @@ def test_deterministic() -> None:
 
 
 def test_the_fast_path_scores_exactly_the_named_features() -> None:
-    # Scoring maps words straight to rows; training names features. Same set.
+    # Scoring maps words straight to rows, and joins only the word pairs the
+    # model knows; training names every feature. Same rows, each once, and
+    # the shared ones are the rule and structure features.
     m = infer._model()
     for r in load("infer_prompts_tune.jsonl")[::3]:
         call = call_of(r)
-        parts = infer._parts(infer._read(call["messages"]), call["tools"],
-                             call["response_format"])
+        read = infer._read(call["messages"])
+        parts = infer._parts(read, call["tools"], call["response_format"])
         named = sorted(m.index[f] for f in infer._names(parts) if f in m.index)
-        assert sorted(infer._rows(parts, m)) == named
+        fast = infer._parts(read, call["tools"], call["response_format"], m)
+        own, sig = infer._rows(fast, m)
+        assert sorted(own + list(sig)) == named
+        assert all(i in m.signals for i in sig) and not any(i in m.signals for i in own)
 
 
 def test_infer_fields_only_fills_what_was_not_given() -> None:
