@@ -187,7 +187,7 @@ class Rollouts:
                  if task_types is not None else None)
         spec = RolloutSpec(model, got, min_calls, float(max_quality_drop), kinds, new_id("r-"))
         record = _record(spec, {})
-        self._store.update_rollout(model, lambda _old: record)
+        self._store.update_rollout(model, _replace_with(record))
         with self._lock:
             self._specs[model] = spec
             self._cells[model] = {}
@@ -377,7 +377,7 @@ class Rollouts:
                     spec = RolloutSpec(spec.model, spec.steps, spec.min_calls,
                                        spec.max_quality_drop, spec.task_types, new_id("r-"))
                 rec = _record(spec, {k: _Cell(**c) for k, c in v["cells"].items()})
-                self._store.update_rollout(model, lambda _old, rec=rec: rec)
+                self._store.update_rollout(model, _replace_with(rec))
             os.replace(path, path.with_suffix(".json.imported"))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("tally: the rollout state in %s is unreadable (%s); starting without it",
@@ -387,6 +387,10 @@ class Rollouts:
     def models(self) -> list[str]:
         """The models being rolled out."""
         return list(self._specs)
+
+
+def _replace_with(record: dict[str, Any]) -> Callable[[Any], Any]:
+    return lambda _old: record
 
 
 def _judge(cand: str, spec: RolloutSpec, key: str, cell: _Cell) -> Transition | None:

@@ -25,6 +25,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tally_core._brief import cut
 from tally_core.errors import StoreError
+from tally_core.ledger._rollouts import ROLLOUT_NAMES as _ROLLOUT_NAMES
+from tally_core.ledger._rollouts import rollout_ddl, rollout_filters, rollout_values
 from tally_core.ledger._rows import (
     COLUMNS,
     NAMES,
@@ -35,8 +37,6 @@ from tally_core.ledger._rows import (
     filters,
     same_price,
 )
-from tally_core.ledger._rollouts import ROLLOUT_NAMES as _ROLLOUT_NAMES
-from tally_core.ledger._rollouts import rollout_ddl, rollout_filters, rollout_values
 from tally_core.ledger.sqlite import Ledger
 
 if TYPE_CHECKING:

@@ -21,6 +21,8 @@ from typing import Any
 
 from tally_core._brief import cut
 from tally_core.errors import StoreError
+from tally_core.ledger._rollouts import ROLLOUT_NAMES as _ROLLOUT_NAMES
+from tally_core.ledger._rollouts import rollout_ddl, rollout_filters, rollout_values
 from tally_core.ledger._rows import (
     COLUMNS,
     ENVELOPE_COLUMNS,
@@ -32,8 +34,6 @@ from tally_core.ledger._rows import (
     filters,
     same_price,
 )
-from tally_core.ledger._rollouts import ROLLOUT_NAMES as _ROLLOUT_NAMES
-from tally_core.ledger._rollouts import rollout_ddl, rollout_filters, rollout_values
 
 __all__ = ["COLUMNS", "ENVELOPE_COLUMNS", "Ledger", "PriceRecord"]
 
