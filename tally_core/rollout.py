@@ -120,6 +120,29 @@ def _var(n: int, s: float, ss: float) -> float:
     return max(ss - s * s / n, 0.0) / (n - 1) if n > 1 else 0.25
 
 
+def _margin(cell: _Cell) -> float:
+    """Half the 95% interval of the quality drop (Welch's t).
+
+    The candidate's spread is taken as at least the incumbents' (same task type,
+    same grader): a few equal grades (two 0/1 failures, two close scores) say
+    little about its spread, and the normal z on that tiny variance rolled good
+    models back after two calls.
+
+    >>> c = _Cell(n=2, s=0.0, ss=0.0, inc_n=100, inc_s=94.0, inc_ss=94.0)
+    >>> round(_margin(c), 2)   # two failures against a 94% incumbent: not yet confident
+    2.17
+    """
+    from tally_core.reports import t_quantile  # not at import time: reports is large
+
+    vi = _var(cell.inc_n, cell.inc_s, cell.inc_ss)
+    vc = max(_var(cell.n, cell.s, cell.ss), vi)
+    a, b = vc / cell.n, vi / cell.inc_n
+    if a + b <= 0.0:
+        return 0.0
+    df = (a + b) ** 2 / (a * a / (cell.n - 1) + b * b / (cell.inc_n - 1))
+    return t_quantile(0.975, df) * math.sqrt(a + b)
+
+
 def _spec_of(raw: Any) -> RolloutSpec:
     return RolloutSpec(str(raw["model"]), tuple(float(x) for x in raw["steps"]),
                        int(raw["min_calls"]), float(raw["max_quality_drop"]),
@@ -398,11 +421,9 @@ def _judge(cand: str, spec: RolloutSpec, key: str, cell: _Cell) -> Transition | 
         return None
     mine, theirs = cell.s / cell.n, cell.inc_s / cell.inc_n
     drop = theirs - mine
-    se = math.sqrt(_var(cell.n, cell.s, cell.ss) / cell.n
-                   + _var(cell.inc_n, cell.inc_s, cell.inc_ss) / cell.inc_n)
     share = spec.steps[cell.step]
     org, _, task = key.partition("/")
-    if drop - 1.96 * se > spec.max_quality_drop:
+    if drop - _margin(cell) > spec.max_quality_drop:
         cell.status = "rolled-back"
         reason = (f"rolled back at {share:.0%}: quality {drop:+.3f} below the "
                   f"incumbents' over {cell.n} calls")
