@@ -272,13 +272,18 @@ class Rollouts:
             return []
         # Per candidate, per org/task: (n, s, ss, inc_n, inc_s, inc_ss) to add.
         deltas: dict[str, dict[str, list[float]]] = {}
+        cells_now = self._cells
         for org, task_type, model, quality in outcomes:
             if quality is None:
                 continue
+            key = f"{org}/{task_type}"
             for cand, spec in specs.items():
                 if spec.task_types is not None and task_type not in spec.task_types:
                     continue
-                d = deltas.setdefault(cand, {}).setdefault(f"{org}/{task_type}", [0.0] * 6)
+                known = cells_now.get(cand, {}).get(key)
+                if known is not None and known.status != "running":
+                    continue  # judged already: nothing to write
+                d = deltas.setdefault(cand, {}).setdefault(key, [0.0] * 6)
                 i = 0 if model == cand else 3
                 d[i] += 1
                 d[i + 1] += quality
