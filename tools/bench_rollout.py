@@ -15,7 +15,7 @@ rollout was done (at 100%, judged), with how many task types ended done, rolled 
 still running.
 
     python tools/bench_rollout.py [--seeds 10] [--calls 20000] [--steps 0.05,0.25,0.5,1]
-                                  [--min-calls 50] [--drop 0.15]
+                                  [--min-calls 50] [--drop 0.15] [--variants good,degraded]
 """
 
 from __future__ import annotations
@@ -97,12 +97,17 @@ def main() -> None:
     ap.add_argument("--min-calls", type=int, default=50)
     ap.add_argument("--max-quality-drop", type=float, default=0.02)
     ap.add_argument("--drop", type=float, default=0.15, help="the degraded model's loss")
+    ap.add_argument("--variants", default="good,degraded")
     args = ap.parse_args()
+    variants = set(args.variants.split(","))
     steps = tuple(float(x) for x in args.steps.split(","))
     base = load_scenario("new-model")
     print(f"new-model: {args.seeds} seeds x {args.calls} calls; rollout steps {steps}, "
           f"min_calls {args.min_calls}, max_quality_drop {args.max_quality_drop}")
-    for label, scn in (("good", base), (f"degraded (-{args.drop:g})", degraded(base, args.drop))):
+    runs = [("good", base), (f"degraded (-{args.drop:g})", degraded(base, args.drop))]
+    for label, scn in runs:
+        if label.split()[0] not in variants:
+            continue
         served, below, to_back, to_done, total_served = [], [], [], [], []
         ends: Counter[str] = Counter()
         per_task_done: dict[str, list[int]] = {}
