@@ -228,7 +228,7 @@ class RedisStore(StateStore):
                         try:
                             old = json.loads(blob) if blob is not None else None
                         except ValueError:
-                            old = None  # a damaged record: the change rewrites it
+                            old = None  # a damaged record reads as none (and is replaced)
                         new = change(old)
                         pipe.multi()
                         if new is None:
