@@ -677,6 +677,60 @@ def report(
         _print_report(rep, _shown(store))
 
 
+_ROLLOUT_FIELDS = ("ts", "model", "org", "task_type", "action", "step", "share", "calls",
+                   "quality", "incumbent_quality", "reason")
+
+
+@app.command()
+def rollouts(
+    store: str | None = typer.Option(None, help=_STORE_HELP),
+    model: str | None = typer.Option(None, help="Only this model's rollout."),
+    org: str | None = typer.Option(None, help="Only this org (tenant)."),
+    task_type: str | None = typer.Option(None, help="Only this task type."),
+    format: str = typer.Option("table", "--format", "-f", help="table, json or csv."),
+) -> None:
+    """Rollout transitions from the ledger: each step passed, each rollout done or rolled
+    back, with the candidate's and the incumbents' quality at the step and the reason.
+
+    Examples: tally rollouts | tally rollouts --model gpt-4.1-mini --format json
+    """
+    from tally_core.envelope import parse_task_type
+
+    fmt = _choice(format, ("table", "json", "csv"))
+    ledger = _open_ledger(store)
+    try:
+        task = parse_task_type(task_type) if task_type is not None else None
+        rows = ledger.rollouts(model=model, org=org, task_type=task)
+    except TallyError as exc:
+        raise _bad_input(exc) from None
+    finally:
+        ledger.close()
+    if fmt == "json":
+        _print_json(rows)
+        return
+    if fmt == "csv":
+        import csv
+        import io
+
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=_ROLLOUT_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+        sys.stdout.write(buf.getvalue())
+        return
+    from rich.table import Table
+
+    table = Table(title=f"Rollout transitions in {_shown(store)}")
+    for head in ("when", "model", "org/task type", "action", "step", "calls", "quality",
+                 "incumbents", "reason"):
+        table.add_column(head)
+    for r in rows:
+        table.add_row(_when(r["ts"]), r["model"], f"{r['org']}/{r['task_type']}", r["action"],
+                      f"{r['step'] + 1} ({r['share']:.0%})", str(r["calls"]),
+                      _num(r["quality"]), _num(r["incumbent_quality"]), r["reason"])
+    _console().print(table if rows else "no rollout transitions in this ledger")
+
+
 _SAVINGS_CSV = (
     "task_type",
     "calls",

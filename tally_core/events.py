@@ -50,6 +50,8 @@ __all__ = [
     "CallEvent",
     "Event",
     "FeedbackEvent",
+    "ROLLOUT_ACTIONS",
+    "RolloutEvent",
     "call_event",
     "check_decision_id",
     "check_model",
@@ -58,6 +60,7 @@ __all__ = [
     "feedback_event",
     "from_record",
     "new_id",
+    "rollout_event",
     "to_record",
     "to_row",
 ]
@@ -267,7 +270,32 @@ class FeedbackEvent:
     kind = "feedback"
 
 
-Event = CallEvent | FeedbackEvent
+@dataclass(slots=True, eq=True)
+class RolloutEvent:
+    """A rollout moving on (``tally_core.rollout``): advanced a step, done, or
+    rolled back, with the figures it was judged on. Written to the ledger's
+    ``rollouts`` table; never folded into learned state."""
+
+    event_id: str
+    ts: float
+    model: str
+    org: str
+    task_type: str
+    action: str  # one of ROLLOUT_ACTIONS
+    step: int  # the step judged, 0-based
+    share: float  # that step's share of the calls
+    calls: int  # the candidate's graded calls at the step
+    quality: float | None  # the candidate's mean quality at the step
+    incumbent_quality: float | None  # the incumbents' mean over the same span
+    reason: str
+
+    kind = "rollout"
+
+
+Event = CallEvent | FeedbackEvent | RolloutEvent
+
+ROLLOUT_ACTIONS = frozenset({"advanced", "done", "rolled-back"})
+_REASON = re.compile(r"^[^\x00-\x1f\x7f]{1,300}$")
 
 
 def _common(
@@ -391,6 +419,59 @@ def feedback_event(
     )
 
 
+def rollout_event(
+    *,
+    model: Any,
+    org: Any,
+    task_type: Any,
+    action: Any,
+    step: Any,
+    share: Any,
+    calls: Any,
+    quality: Any,
+    incumbent_quality: Any,
+    reason: Any,
+    event_id: Any = None,
+    ts: Any = None,
+) -> RolloutEvent:
+    """A validated ``RolloutEvent``, or ``InvalidFieldError`` naming the bad field.
+
+    >>> rollout_event(model="m", org="default", task_type="qa", action="rolled-back", step=0,
+    ...               share=0.05, calls=40, quality=0.81, incumbent_quality=0.93,
+    ...               reason="rolled back at 5%").task_type
+    'qa-simple'
+    >>> rollout_event(model="m", org="default", task_type="qa", action="paused", step=0,
+    ...               share=0.05, calls=40, quality=None, incumbent_quality=None, reason="x")
+    Traceback (most recent call last):
+    ...
+    tally_core.errors.InvalidFieldError: action: must be one of ['advanced', 'done', ...
+    """
+    if action not in ROLLOUT_ACTIONS:
+        raise InvalidFieldError(
+            "action", f"must be one of {sorted(ROLLOUT_ACTIONS)}, got {brief(action)}")
+    st = _int("step", step, 1000)
+    n = _int("calls", calls)
+    if st is None or n is None:
+        raise InvalidFieldError("step" if st is None else "calls", "is required")
+    sh = check_number("share", share, 0.0, 1.0)
+    if sh is None:
+        raise InvalidFieldError("share", "is required")
+    return RolloutEvent(
+        event_id=new_id("e-") if event_id is None else check_decision_id(event_id, "event_id"),
+        ts=time.time() if ts is None else _ts(ts),
+        model=check_model(model),
+        org=check_org(org),
+        task_type=parse_task_type(task_type),
+        action=str(action),
+        step=st,
+        share=sh,
+        calls=n,
+        quality=check_number("quality", quality, 0.0, 1.0),
+        incumbent_quality=check_number("incumbent_quality", incumbent_quality, 0.0, 1.0),
+        reason=_ident("reason", reason, _REASON, "1-300 characters of text"),
+    )
+
+
 def _ts(value: Any) -> float:
     v = check_number("ts", value, 0.0, 1e11)
     assert v is not None
@@ -399,9 +480,11 @@ def _ts(value: Any) -> float:
 
 _CALL_FIELDS = tuple(f.name for f in fields(CallEvent))
 _FEEDBACK_FIELDS = tuple(f.name for f in fields(FeedbackEvent))
+_ROLLOUT_FIELDS = tuple(f.name for f in fields(RolloutEvent))
 #: Field names per kind, in the order ``to_row`` writes them.
-FIELDS: dict[str, tuple[str, ...]] = {"call": _CALL_FIELDS, "feedback": _FEEDBACK_FIELDS}
-_GET = {"call": attrgetter(*_CALL_FIELDS), "feedback": attrgetter(*_FEEDBACK_FIELDS)}
+FIELDS: dict[str, tuple[str, ...]] = {
+    "call": _CALL_FIELDS, "feedback": _FEEDBACK_FIELDS, "rollout": _ROLLOUT_FIELDS}
+_GET = {k: attrgetter(*v) for k, v in FIELDS.items()}
 
 
 def to_row(event: Event) -> list[Any]:
@@ -418,7 +501,7 @@ def to_row(event: Event) -> list[Any]:
 
 def to_record(event: Event) -> dict[str, Any]:
     """The event as a JSON-ready dict (for the spool)."""
-    names = _CALL_FIELDS if isinstance(event, CallEvent) else _FEEDBACK_FIELDS
+    names = FIELDS[event.kind]
     out: dict[str, Any] = {"kind": event.kind}
     for n in names:
         out[n] = getattr(event, n)
@@ -431,13 +514,19 @@ def from_record(record: Any) -> Event:
     if not isinstance(record, Mapping):
         raise InvalidFieldError("event", f"must be a JSON object, got {type(record).__name__}")
     kind = record.get("kind")
-    names = {"call": _CALL_FIELDS, "feedback": _FEEDBACK_FIELDS}.get(kind)  # type: ignore[arg-type]
+    names = FIELDS.get(kind)  # type: ignore[arg-type]
     if names is None:
-        raise InvalidFieldError("kind", f"must be 'call' or 'feedback', got {brief(kind)}")
+        raise InvalidFieldError(
+            "kind", f"must be 'call', 'feedback' or 'rollout', got {brief(kind)}")
     extra = [k for k in record if k != "kind" and k not in names]
     if extra:
         raise InvalidFieldError("event", f"unknown field {brief(extra[0])}")
     args = {n: record.get(n) for n in names}
+    if kind == "rollout":
+        for required in ("event_id", "ts"):
+            if args.get(required) is None:
+                raise InvalidFieldError(required, "is required")
+        return rollout_event(**args)
     for required in ("event_id", "ts", "org", "task_type", "cell", "model"):
         if args.get(required) is None:
             raise InvalidFieldError(required, "is required")

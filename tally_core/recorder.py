@@ -40,7 +40,7 @@ from typing import Any
 from tally_core._brief import cut
 from tally_core.catalog import Catalog, ModelSpec
 from tally_core.errors import InvalidFieldError, StoreError
-from tally_core.events import CallEvent, Event, FeedbackEvent, from_record
+from tally_core.events import CallEvent, Event, FeedbackEvent, RolloutEvent, from_record
 from tally_core.learning import TASK_CELL, LearnParams, Update, floor_key
 from tally_core.ledger import ENVELOPE_COLUMNS, Ledger
 from tally_core.stores.base import Committed, StateStore, update_clocks
@@ -147,10 +147,14 @@ class Recorder:
         by_decision: dict[str, int] = {}  # decision id -> index into rows, this batch
         feedback: list[tuple[str, float, list[str] | None, float]] = []
         rejected: list[tuple[Any, InvalidFieldError]] = []
+        rollouts: list[RolloutEvent] = []
         for raw in events:
             try:
-                ev = raw if isinstance(raw, (CallEvent, FeedbackEvent)) else from_record(raw)
-                if isinstance(ev, CallEvent):
+                ev = (raw if isinstance(raw, (CallEvent, FeedbackEvent, RolloutEvent))
+                      else from_record(raw))
+                if isinstance(ev, RolloutEvent):
+                    rollouts.append(ev)  # the ledger's, not learned state's
+                elif isinstance(ev, CallEvent):
                     u, row = self._call(ev)
                     if ev.decision_id:
                         by_decision[ev.decision_id] = len(rows)
@@ -178,6 +182,8 @@ class Recorder:
             rejected.append((calls[i], InvalidFieldError("ledger", reason)))
         for did, q, sl, ts in feedback:
             self.ledger.set_feedback(did, q, sl, ts)
+        if rollouts:
+            self.ledger.record_rollouts(rollouts)
         if rejected:
             self.reject(rejected)
         bad = {i for i, _ in bad_rows}

@@ -14,21 +14,33 @@ step at a time, per (org, task type):
 - after the last step it is **done**: the policy's own learning decides from
   then on (its outcomes are evidence like any other).
 
+Every advance, completion and rollback is a ``Transition``; the ``Tally``
+writes each to the ledger as a typed event (``tally_core.events.RolloutEvent``,
+listed by ``tally.rollout_history()`` and ``tally report rollouts``).
+
 The floor holds throughout: routing never hands the candidate a call whose
 route drops it (evidence of failing the floor, compliance, an open circuit,
-a context window too small). State lives in the store's directory
-(``rollouts.json``) when the store has one, so a restart picks it up and
-processes on one disk store share it (re-read when the file changes): steps
-and statuses are written when they change, the counts within a step when the
-Tally closes. With a memory or Redis store it lives in the process.
+a context window too small).
+
+State lives in the state store (``StateStore.update_rollout``), one record per
+model (its spec and every (org, task type)'s progress), so it survives a
+restart of a disk store and is shared by every replica on one store, Redis
+included. Each batch of outcomes is folded into the record with an atomic
+read-modify-write (a transaction, or compare-and-set with a retry), and the
+judgement runs inside it: two replicas never lose each other's counts, and a
+transition happens once, in the replica whose write made it. Routing reads an
+in-memory snapshot (no I/O on the routing path): it is refreshed from every
+write this process makes and, for what other replicas wrote, whenever the
+store's rollout version moves (``refresh()``: ``Tally`` calls it with its
+periodic refresh, and before ``rollout_status``).
 
 >>> r = Rollouts()
 >>> _ = r.start("cheap", steps=(0.5, 1.0), min_calls=3, max_quality_drop=0.05)
 >>> r.share("default", "qa-simple", "cheap")
 0.5
 >>> for q in (0.9, 0.9, 0.9):
-...     r.observe("default", "qa-simple", "cheap", q)
-...     r.observe("default", "qa-simple", "big", 0.92)
+...     _ = r.observe("default", "qa-simple", "cheap", q)
+...     _ = r.observe("default", "qa-simple", "big", 0.92)
 >>> r.status("cheap")["default/qa-simple"]["step"]   # advanced to 100%
 1
 """
@@ -42,15 +54,22 @@ import os
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tally_core.envelope import parse_task_type
-from tally_core.errors import InvalidFieldError
+from tally_core.errors import InvalidFieldError, StoreError
+from tally_core.events import new_id
 from tally_core.home import StoreDir
 
-__all__ = ["RolloutSpec", "Rollouts"]
+if TYPE_CHECKING:
+    from tally_core.stores.base import StateStore
+
+__all__ = ["Outcome", "RolloutSpec", "Rollouts", "Transition"]
 
 log = logging.getLogger("tally")
+
+#: One graded outcome for the rollouts: (org, task type, model, quality or None).
+Outcome = tuple[str, str, str, "float | None"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +79,24 @@ class RolloutSpec:
     min_calls: int
     max_quality_drop: float
     task_types: tuple[str, ...] | None
+    #: Tells this rollout from an earlier one of the same model (a restart of it).
+    run_id: str = ""
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A rollout moving on: ``action`` is ``advanced``, ``done`` or ``rolled-back``."""
+
+    model: str
+    org: str
+    task_type: str
+    action: str
+    step: int  # the step judged (0-based)
+    share: float  # that step's share
+    calls: int  # the candidate's graded calls at the step
+    quality: float  # the candidate's mean quality at the step
+    incumbent_quality: float  # the incumbents' mean over the same span
+    reason: str
 
 
 @dataclass
@@ -81,16 +118,65 @@ def _var(n: int, s: float, ss: float) -> float:
     return max(ss - s * s / n, 0.0) / (n - 1) if n > 1 else 0.25
 
 
-class Rollouts:
-    """The rollouts a ``Tally`` runs (``tally.rollouts``); thread-safe."""
+def _margin(cell: _Cell) -> float:
+    """Half the 95% interval of the quality drop (Welch's t).
 
-    def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
-        self._path = StoreDir(directory).rollouts if directory is not None else None
+    The candidate's spread is taken as at least the incumbents' (same task type,
+    same grader): a few equal grades (two 0/1 failures, two close scores) say
+    little about its spread, and the normal z on that tiny variance rolled good
+    models back after two calls.
+
+    >>> c = _Cell(n=2, s=0.0, ss=0.0, inc_n=100, inc_s=94.0, inc_ss=94.0)
+    >>> round(_margin(c), 2)   # two failures against a 94% incumbent: not yet confident
+    2.17
+    """
+    from tally_core.reports import t_quantile  # not at import time: reports is large
+
+    vi = _var(cell.inc_n, cell.inc_s, cell.inc_ss)
+    vc = max(_var(cell.n, cell.s, cell.ss), vi)
+    a, b = vc / cell.n, vi / cell.inc_n
+    if a + b <= 0.0:
+        return 0.0
+    df = (a + b) ** 2 / (a * a / (cell.n - 1) + b * b / (cell.inc_n - 1))
+    return t_quantile(0.975, df) * math.sqrt(a + b)
+
+
+def _spec_of(raw: Any) -> RolloutSpec:
+    return RolloutSpec(str(raw["model"]), tuple(float(x) for x in raw["steps"]),
+                       int(raw["min_calls"]), float(raw["max_quality_drop"]),
+                       tuple(raw["task_types"]) if raw.get("task_types") else None,
+                       str(raw.get("run_id") or ""))
+
+
+def _record(spec: RolloutSpec, cells: dict[str, _Cell]) -> dict[str, Any]:
+    return {"spec": asdict(spec), "cells": {k: asdict(c) for k, c in cells.items()}}
+
+
+class Rollouts:
+    """The rollouts a ``Tally`` runs (``tally.rollouts``); thread-safe.
+
+    ``store`` is where the state lives (a ``MemoryStore`` of its own when
+    None). ``legacy_dir``: a directory whose ``rollouts.json`` (the format
+    before the store kept rollouts) is imported once into an empty store.
+    """
+
+    def __init__(self, store: StateStore | None = None,
+                 legacy_dir: str | os.PathLike[str] | None = None) -> None:
+        if store is None:
+            from tally_core.stores.memory import MemoryStore
+
+            store = MemoryStore()
+        self._store = store
         self._specs: dict[str, RolloutSpec] = {}
         self._cells: dict[str, dict[str, _Cell]] = {}
         self._lock = threading.Lock()
-        self._mtime = 0.0
-        self._load()
+        self._seen = -1
+        try:
+            self._import_legacy(legacy_dir)
+            self.refresh(force=True)
+        except StoreError as exc:
+            log.warning("tally: could not read the rollout state (%s); starting without it",
+                        exc)
 
     def __bool__(self) -> bool:
         return bool(self._specs)
@@ -120,20 +206,26 @@ class Rollouts:
             raise InvalidFieldError("max_quality_drop", "must be in [0, 1)")
         kinds = (tuple(sorted({parse_task_type(t) for t in task_types}))
                  if task_types is not None else None)
-        spec = RolloutSpec(model, got, min_calls, float(max_quality_drop), kinds)
+        spec = RolloutSpec(model, got, min_calls, float(max_quality_drop), kinds, new_id("r-"))
+        record = _record(spec, {})
+        self._store.update_rollout(model, _replace_with(record))
         with self._lock:
             self._specs[model] = spec
             self._cells[model] = {}
-            self._save()
         return spec
 
     def stop(self, model: str) -> bool:
+        found: list[bool] = []
+
+        def change(old: Any) -> None:
+            found[:] = [old is not None]
+            return None
+
+        self._store.update_rollout(model, change)
         with self._lock:
-            found = self._specs.pop(model, None) is not None
+            self._specs.pop(model, None)
             self._cells.pop(model, None)
-            if found:
-                self._save()
-            return found
+        return bool(found and found[0])
 
     # -- routing -------------------------------------------------------------
 
@@ -152,8 +244,7 @@ class Rollouts:
     def draw(
         self, org: str, task_type: str, chosen: str, uniform: Callable[[], float]
     ) -> str | None:
-        """A candidate to send this call to instead of ``chosen``, or None."""
-        self._refresh()
+        """A candidate to send this call to instead of ``chosen``, or None (in memory)."""
         for model in list(self._specs):
             if model == chosen:
                 continue
@@ -164,66 +255,94 @@ class Rollouts:
 
     # -- learning ------------------------------------------------------------
 
-    def observe(self, org: str, task_type: str, model: str, quality: float | None) -> None:
-        """One graded outcome of a task type with a rollout: the candidate's or an incumbent's."""
-        if quality is None or not self._specs:
-            return
-        with self._lock:
-            changed = False
-            for cand, spec in self._specs.items():
+    def observe(self, org: str, task_type: str, model: str,
+                quality: float | None) -> list[Transition]:
+        """One graded outcome of a task type with a rollout (``observe_batch`` of one)."""
+        return self.observe_batch([(org, task_type, model, quality)])
+
+    def observe_batch(self, outcomes: Iterable[Outcome]) -> list[Transition]:
+        """Fold graded outcomes (the candidate's or an incumbent's) into the store, one
+        atomic update per rollout, and judge; returns the transitions this write made.
+
+        A store that cannot be reached loses these counts (logged), never raises."""
+        specs = dict(self._specs)
+        if not specs:
+            return []
+        # Per candidate, per org/task: (n, s, ss, inc_n, inc_s, inc_ss) to add.
+        deltas: dict[str, dict[str, list[float]]] = {}
+        cells_now = self._cells
+        for org, task_type, model, quality in outcomes:
+            if quality is None:
+                continue
+            key = f"{org}/{task_type}"
+            for cand, spec in specs.items():
                 if spec.task_types is not None and task_type not in spec.task_types:
                     continue
-                key = f"{org}/{task_type}"
-                cell = self._cells.setdefault(cand, {}).setdefault(key, _Cell())
-                if cell.status != "running":
-                    continue
-                if model == cand:
-                    cell.n, cell.s, cell.ss = cell.n + 1, cell.s + quality, cell.ss + quality ** 2
-                else:
-                    cell.inc_n += 1
-                    cell.inc_s += quality
-                    cell.inc_ss += quality ** 2
-                changed = self._judge(cand, spec, key, cell) or changed
-            if changed:
-                self._save()
+                known = cells_now.get(cand, {}).get(key)
+                if known is not None and known.status != "running":
+                    continue  # judged already: nothing to write
+                d = deltas.setdefault(cand, {}).setdefault(key, [0.0] * 6)
+                i = 0 if model == cand else 3
+                d[i] += 1
+                d[i + 1] += quality
+                d[i + 2] += quality * quality
+        made: list[Transition] = []
+        for cand, cells in deltas.items():
+            run_id = specs[cand].run_id
+            out: list[Transition] = []
 
-    def _judge(self, cand: str, spec: RolloutSpec, key: str, cell: _Cell) -> bool:
-        if cell.n < 2 or cell.inc_n < 2:
-            return False
-        drop = cell.inc_s / cell.inc_n - cell.s / cell.n
-        se = math.sqrt(_var(cell.n, cell.s, cell.ss) / cell.n
-                       + _var(cell.inc_n, cell.inc_s, cell.inc_ss) / cell.inc_n)
-        share = spec.steps[cell.step]
-        if drop - 1.96 * se > spec.max_quality_drop:
-            cell.status = "rolled-back"
-            cell.history.append(f"rolled back at {share:.0%}: quality {drop:+.3f} below the "
-                                f"incumbents' over {cell.n} calls")
-            log.warning("tally: rollout of %s rolled back for %s: %s", cand, key,
-                        cell.history[-1])
-            return True
-        if cell.n >= spec.min_calls and drop <= spec.max_quality_drop:
-            cell.history.append(f"passed {share:.0%} over {cell.n} calls "
-                                f"(quality {-drop:+.3f} vs the incumbents)")
-            if cell.step + 1 >= len(spec.steps):
-                cell.status = "done"
-            else:
-                cell.step += 1
-            # A new step judges the candidate afresh; the incumbents' record runs on (at
-            # 100% they get no calls of this task type).
-            cell.n, cell.s, cell.ss = 0, 0.0, 0.0
-            log.info("tally: rollout of %s for %s: %s", cand, key, cell.history[-1])
-            return True
-        return False
+            def change(old: Any, cand: str = cand, cells: dict[str, list[float]] = cells,
+                       run_id: str = run_id, out: list[Transition] = out) -> Any:
+                out.clear()  # a retried update judges afresh
+                if old is None:
+                    return None  # stopped meanwhile (by another replica)
+                spec = _spec_of(old["spec"])
+                if spec.run_id != run_id:
+                    return old  # restarted meanwhile: these counts belong to the old run
+                for key, d in cells.items():
+                    raw = old["cells"].get(key)
+                    cell = _Cell(**raw) if raw is not None else _Cell()
+                    if cell.status != "running":
+                        continue
+                    cell.n += int(d[0])
+                    cell.s += d[1]
+                    cell.ss += d[2]
+                    cell.inc_n += int(d[3])
+                    cell.inc_s += d[4]
+                    cell.inc_ss += d[5]
+                    t = _judge(cand, spec, key, cell)
+                    if t is not None:
+                        out.append(t)
+                    old["cells"][key] = asdict(cell)
+                return old
+
+            try:
+                new = self._store.update_rollout(cand, change)
+            except StoreError as exc:
+                log.warning("tally: rollout counts of %s not recorded: %s", cand, exc)
+                continue
+            self._take(cand, new)
+            for t in out:
+                key = f"{t.org}/{t.task_type}"
+                if t.action == "rolled-back":
+                    log.warning("tally: rollout of %s rolled back for %s: %s", cand, key,
+                                t.reason)
+                else:
+                    log.info("tally: rollout of %s for %s: %s", cand, key, t.reason)
+            made.extend(out)
+        return made
 
     def save(self) -> None:
-        """Write the state now (``Tally.close`` does): steps and statuses are written on
-        every change, the counts within a step only here."""
-        with self._lock:
-            self._save()
+        """Nothing to do: every change is written to the store as it happens (kept for
+        callers of the version that saved a file on close)."""
 
     def status(self, model: str) -> dict[str, dict[str, Any]]:
-        """Per ``org/task_type``: step, share, status, calls at the step, history."""
-        self._refresh()
+        """Per ``org/task_type``: step, share, status, calls at the step, history (as the
+        store has it now)."""
+        try:
+            self.refresh()
+        except StoreError as exc:
+            log.warning("tally: rollout status from this process's snapshot: %s", exc)
         spec = self._specs.get(model)
         if spec is None:
             return {}
@@ -234,54 +353,98 @@ class Rollouts:
                         "status": c.status, "calls": c.n, "history": list(c.history)}
         return out
 
-    # -- persistence -----------------------------------------------------------
+    # -- the snapshot ----------------------------------------------------------
 
-    def _save(self) -> None:
-        # Lock held.
-        if self._path is None:
-            return
-        data = {m: {"spec": asdict(s), "cells": {k: asdict(c) for k, c in
-                                                 self._cells.get(m, {}).items()}}
-                for m, s in self._specs.items()}
-        tmp = self._path.with_suffix(".tmp")
-        try:
-            tmp.write_text(json.dumps(data))
-            os.replace(tmp, self._path)
-            self._mtime = self._path.stat().st_mtime
-        except OSError:
-            log.warning("tally: could not save the rollout state", exc_info=True)
+    def refresh(self, force: bool = False) -> bool:
+        """Reload what other replicas wrote, if the store's rollout version moved
+        (one cheap read when it did not); True if it reloaded. ``StoreError`` when
+        the store cannot be reached."""
+        version = self._store.rollout_version()
+        if not force and version == self._seen:
+            return False
+        records = self._store.rollout_state()
+        specs: dict[str, RolloutSpec] = {}
+        cells: dict[str, dict[str, _Cell]] = {}
+        for model, rec in records.items():
+            try:
+                specs[model] = _spec_of(rec["spec"])
+                cells[model] = {k: _Cell(**c) for k, c in rec["cells"].items()}
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("tally: the rollout state of %s is unreadable (%s); skipped",
+                            model, type(exc).__name__)
+        with self._lock:
+            self._specs, self._cells, self._seen = specs, cells, version
+        return True
 
-    def _load(self) -> None:
-        if self._path is None or not self._path.exists():
+    def _take(self, model: str, record: Any) -> None:
+        """The record this process just wrote, into the snapshot."""
+        with self._lock:
+            if record is None:
+                self._specs.pop(model, None)
+                self._cells.pop(model, None)
+                return
+            try:
+                self._specs[model] = _spec_of(record["spec"])
+                self._cells[model] = {k: _Cell(**c) for k, c in record["cells"].items()}
+            except (KeyError, TypeError, ValueError):
+                pass
+
+    def _import_legacy(self, directory: str | os.PathLike[str] | None) -> None:
+        if directory is None:
+            return
+        path = StoreDir(directory).rollouts
+        if not path.exists() or self._store.rollout_state():
             return
         try:
-            data = json.loads(self._path.read_text())
-            specs, cells = {}, {}
-            for m, v in data.items():
-                s = v["spec"]
-                specs[m] = RolloutSpec(s["model"], tuple(s["steps"]), int(s["min_calls"]),
-                                       float(s["max_quality_drop"]),
-                                       tuple(s["task_types"]) if s["task_types"] else None)
-                cells[m] = {k: _Cell(**c) for k, c in v["cells"].items()}
-            self._specs, self._cells = specs, cells
-            self._mtime = self._path.stat().st_mtime
+            data = json.loads(path.read_text())
+            for model, v in data.items():
+                spec = _spec_of(v["spec"])
+                if not spec.run_id:
+                    spec = RolloutSpec(spec.model, spec.steps, spec.min_calls,
+                                       spec.max_quality_drop, spec.task_types, new_id("r-"))
+                rec = _record(spec, {k: _Cell(**c) for k, c in v["cells"].items()})
+                self._store.update_rollout(model, _replace_with(rec))
+            os.replace(path, path.with_suffix(".json.imported"))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("tally: the rollout state in %s is unreadable (%s); starting without it",
-                        self._path, type(exc).__name__)
-
-    def _refresh(self) -> None:
-        """Pick up what another process on the same store wrote (cheap: a stat)."""
-        if self._path is None:
-            return
-        try:
-            mtime = self._path.stat().st_mtime
-        except OSError:
-            return
-        if mtime != self._mtime:
-            with self._lock:
-                self._load()
+                        path, type(exc).__name__)
 
     @property
     def models(self) -> list[str]:
         """The models being rolled out."""
         return list(self._specs)
+
+
+def _replace_with(record: dict[str, Any]) -> Callable[[Any], Any]:
+    return lambda _old: record
+
+
+def _judge(cand: str, spec: RolloutSpec, key: str, cell: _Cell) -> Transition | None:
+    if cell.n < 2 or cell.inc_n < 2:
+        return None
+    mine, theirs = cell.s / cell.n, cell.inc_s / cell.inc_n
+    drop = theirs - mine
+    share = spec.steps[cell.step]
+    org, _, task = key.partition("/")
+    if drop - _margin(cell) > spec.max_quality_drop:
+        cell.status = "rolled-back"
+        reason = (f"rolled back at {share:.0%}: quality {drop:+.3f} below the "
+                  f"incumbents' over {cell.n} calls")
+        cell.history.append(reason)
+        return Transition(cand, org, task, "rolled-back", cell.step, share, cell.n, mine,
+                          theirs, reason)
+    if cell.n >= spec.min_calls and drop <= spec.max_quality_drop:
+        reason = (f"passed {share:.0%} over {cell.n} calls "
+                  f"(quality {-drop:+.3f} vs the incumbents)")
+        cell.history.append(reason)
+        step, n = cell.step, cell.n
+        if cell.step + 1 >= len(spec.steps):
+            cell.status = "done"
+        else:
+            cell.step += 1
+        # A new step judges the candidate afresh; the incumbents' record runs on (at
+        # 100% they get no calls of this task type).
+        cell.n, cell.s, cell.ss = 0, 0.0, 0.0
+        return Transition(cand, org, task, "done" if cell.status == "done" else "advanced",
+                          step, share, n, mine, theirs, reason)
+    return None

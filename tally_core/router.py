@@ -41,6 +41,7 @@ from tally_core.events import (
     check_org,
     feedback_event,
     new_id,
+    rollout_event,
 )
 from tally_core.home import StoreDir, default_home
 from tally_core.learning import (
@@ -288,13 +289,9 @@ class Tally:
         self._owns_store = not isinstance(store, StateStore)
         self.store: StateStore = open_store(store)
         directory = self.store.directory
-        self.rollouts = Rollouts(directory)
-        for name in self.rollouts.models:  # a rollout from before a restart: keep its model
-            if name not in self.catalog:
-                try:
-                    self.catalog.add(name)
-                except Exception:  # a custom model this process was not given
-                    log.warning("tally: rollout model %s is not in the pool", name)
+        # Rollout state lives in the store (shared by its replicas); a rollouts.json from
+        # before that is imported once.
+        self.rollouts = Rollouts(self.store, legacy_dir=directory)
         if isinstance(ledger, Ledger):
             self.ledger, self._owns_ledger = ledger, False
         else:
@@ -329,6 +326,7 @@ class Tally:
         self._closed = False
         self._flush_waiters: list[Callable[[float | None], bool]] = []
         self.shadows = Shadows(seed)
+        self._adopt_rollout_models()
         self._refresh(full=True)
 
         self.recorder = Recorder(self.store, self.ledger, self.catalog, self.learn)
@@ -815,9 +813,16 @@ class Tally:
                     # Only our own write since the last look; anything else
                     # (another process) is left for the periodic full refresh.
                     self._seen_version = committed.version
-        if self.rollouts:
-            for ev in rec.calls:
-                self.rollouts.observe(ev.org, ev.task_type, ev.model, outcome(ev)[0])
+        if self.rollouts and rec.calls:
+            made = self.rollouts.observe_batch(
+                (ev.org, ev.task_type, ev.model, outcome(ev)[0]) for ev in rec.calls)
+            for t in made:  # into the ledger, as a typed event through the queue
+                self._queue.put(rollout_event(
+                    model=t.model, org=t.org, task_type=t.task_type, action=t.action,
+                    step=t.step, share=t.share, calls=t.calls,
+                    quality=min(max(t.quality, 0.0), 1.0),
+                    incumbent_quality=min(max(t.incumbent_quality, 0.0), 1.0),
+                    reason=t.reason))
         b = self.breakers
         if b is not None:
             for ev in rec.calls:
@@ -880,12 +885,26 @@ class Tally:
                 self._age_out()
             if self.store.version() != self._seen_version:
                 self._refresh(full=True)
+            if self.rollouts.refresh():  # what other replicas' rollouts did
+                self._adopt_rollout_models()
         except TallyError as exc:
             log.warning("tally could not refresh its routing snapshot: %s", exc)
 
     def refresh(self) -> None:
-        """Reload learned state from the store (what other processes learned)."""
+        """Reload learned state from the store (what other processes learned), and
+        the rollouts' state."""
         self._refresh(full=True)
+        if self.rollouts.refresh():
+            self._adopt_rollout_models()
+
+    def _adopt_rollout_models(self) -> None:
+        """A model rolled out by another replica, or before a restart, joins the pool."""
+        for name in self.rollouts.models:
+            if name not in self.catalog:
+                try:
+                    self.add_model(name)
+                except Exception:  # a custom model this process was not given
+                    log.warning("tally: rollout model %s is not in the pool", name)
 
     def _refresh(self, full: bool = True) -> None:
         """Rebuild the routing snapshot from every task state in the store.
@@ -1198,6 +1217,17 @@ class Tally:
         calls at the step and the history of its steps."""
         return self.rollouts.status(model)
 
+    def rollout_history(
+        self, model: str | None = None, *, org: str | None = None,
+        task_type: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Every rollout transition in the ledger (advanced, done, rolled-back), oldest
+        first: model, org, task type, step, share, calls, the candidate's and the
+        incumbents' quality at the step, and the reason."""
+        self._ready_for_reports()
+        task = parse_task_type(task_type) if task_type is not None else None
+        return self.ledger.rollouts(model=model, org=org, task_type=task)
+
     def stop_shadow(self, candidate: str) -> bool:
         """Stop a shadow test (its recorded outcomes stay); False if none ran."""
         return self.shadows.stop(candidate)
@@ -1231,7 +1261,6 @@ class Tally:
         """Apply queued telemetry, spool what is left, release the store. Idempotent."""
         if self._closed:
             return
-        self.rollouts.save()
         self._closed = True
         try:
             self._queue.shutdown(timeout)

@@ -42,6 +42,7 @@ from tally_core.events import (
     FIELDS,
     CallEvent,
     FeedbackEvent,
+    RolloutEvent,
     from_record,
     new_id,
     to_row,
@@ -103,7 +104,7 @@ _JSON = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 
 
 def _encode(event: Any) -> str:
-    if isinstance(event, (CallEvent, FeedbackEvent)):
+    if isinstance(event, (CallEvent, FeedbackEvent, RolloutEvent)):
         return _JSON.encode(to_row(event))
     return _JSON.encode(dict(event))
 

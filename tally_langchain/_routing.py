@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,18 @@ from pydantic import ValidationError
 
 from tally_core import Envelope, InvalidFieldError, NoCandidateError, RouteDecision, Tally
 from tally_core.infer import infer_fields
-from tally_langchain._common import DEFAULT_TASK_TYPE, LogOnce, error_name, send_telemetry
+from tally_core.shadow import ShadowCopies
+from tally_langchain._common import (
+    DEFAULT_TASK_TYPE,
+    TALLY_MODEL_KEY,
+    LogOnce,
+    Scorer,
+    aoutcome,
+    error_name,
+    outcome,
+    result_tokens,
+    send_telemetry,
+)
 
 __all__ = [
     "CANCELLED",
@@ -57,6 +69,10 @@ class Planned:
     meta: dict[str, Any]
     task_type: str
     org: str
+    #: The caller's own compliance rules for the call (``allowed_models`` /
+    #: ``allowed_providers`` as given), which shadow copies obey too.
+    rules: dict[str, Any] = dataclasses.field(default_factory=dict)
+    tools: int = 0
 
 
 def name_models(value: Any) -> dict[str, BaseChatModel]:
@@ -164,6 +180,15 @@ class Pool:
         self._windows = {
             n: w for n, m in models.items() if (w := max_input_tokens(m)) is not None
         }
+        self.copies = ShadowCopies(tally, warn)
+        # tally.flush() waits for this pool's shadow copies, for as long as the pool lives.
+        copies = weakref.ref(self.copies)
+
+        def _wait(timeout: float | None) -> bool:
+            c = copies()
+            return True if c is None else c.wait(timeout)
+
+        weakref.finalize(self.copies, tally.add_flush_waiter(_wait))
 
     @property
     def fallback(self) -> str:
@@ -188,8 +213,12 @@ class Pool:
         env: dict[str, Any] = self.default
         decision: RouteDecision | None = None
         name = pin or self.fallback
+        rules: dict[str, Any] = {}
         try:
             env, inferred = self._envelope(per_call, messages, tools, structured, pin)
+            given = {**self._given, **envelope_dict(per_call, "metadata.tally")}
+            rules = {k: given[k] for k in ("allowed_models", "allowed_providers")
+                     if given.get(k) is not None}
             decision = self.tally.route(env)
             if inferred:
                 decision = dataclasses.replace(decision, inferred=inferred)
@@ -234,6 +263,8 @@ class Pool:
             meta=meta,
             task_type=task_type if isinstance(task_type, str) else self.default["task_type"],
             org=org if isinstance(org, str) else "default",
+            rules=rules,
+            tools=tools,
         )
 
     def unrouted(self, per_call: Any, name: str) -> Planned:
@@ -361,6 +392,83 @@ class Pool:
             )
         except Exception as err:
             self.warn("telemetry", "tally_langchain: telemetry was not recorded", err)
+
+
+    # -- shadow copies ---------------------------------------------------------
+
+    def shadow(
+        self,
+        planned: Planned,
+        messages: Sequence[BaseMessage],
+        scorer: Scorer | None,
+        *,
+        served: str | None = None,
+        bind: Callable[[str], Any] | None = None,
+        stop: list[str] | None = None,
+        is_async: bool = False,
+    ) -> None:
+        """After a call was answered: a copy to a shadow candidate, if one is drawn
+        (``tally.shadow``), made in the background by the candidate's chat model and
+        graded by ``scorer`` (``tally_core.shadow.ShadowCopies``). O(1) on the caller's
+        thread and never raises. ``bind(name)`` gives the candidate's runnable with the
+        call's tools bound (None: the chat model itself)."""
+        try:
+            if not self.tally.shadows.active:
+                return
+            def available(name: str) -> bool:  # a child that can take this call
+                return name in self.models and not (planned.tools and name in self._no_tools)
+
+            rules = planned.rules
+            if isinstance(rules.get("allowed_models"), str):
+                rules = {**rules, "allowed_models": (rules["allowed_models"],)}
+            copy = self.copies.plan(planned.decision, served or planned.name, rules=rules,
+                                    available=available)
+            if copy is None:
+                return
+            msgs = list(messages)
+            name = copy.model
+            # Its own run, tagged so TallyCallbackHandler leaves it (recorded here).
+            config: Any = {"callbacks": [], "metadata": {
+                TALLY_MODEL_KEY: name, "tally_shadow_of": planned.meta.get("decision_id")}}
+            extra = {"stop": stop} if stop else {}
+            warn, copies = self.warn, self.copies
+
+            def runnable() -> Any:
+                return bind(name) if bind is not None else self.models[name]
+
+            if is_async:
+                async def ajob() -> None:
+                    started = time.perf_counter()
+                    try:
+                        message = await runnable().ainvoke(msgs, config, **extra)
+                    except Exception as exc:
+                        copies.failed(copy, exc, started)
+                        return
+                    latency_ms = ms_since(started)
+                    fields = await aoutcome(scorer, msgs, message, warn)
+                    tokens = result_tokens(message, None)
+                    copies.record(copy, started, latency_ms=latency_ms, input_tokens=tokens[0],
+                                  output_tokens=tokens[1], **fields)
+
+                copies.start_async(ajob)
+                return
+
+            def job() -> None:
+                started = time.perf_counter()
+                try:
+                    message = runnable().invoke(msgs, config, **extra)
+                except Exception as exc:
+                    copies.failed(copy, exc, started)
+                    return
+                latency_ms = ms_since(started)
+                fields = outcome(scorer, msgs, message, warn)
+                tokens = result_tokens(message, None)
+                copies.record(copy, started, latency_ms=latency_ms, input_tokens=tokens[0],
+                              output_tokens=tokens[1], **fields)
+
+            copies.start(job)
+        except Exception as err:
+            self.warn("shadow", "tally_langchain: no shadow copy was made", err)
 
 
 def can_call_tools(model: BaseChatModel) -> bool:

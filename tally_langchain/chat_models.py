@@ -142,6 +142,8 @@ class _Call:
     runnable: Runnable[LanguageModelInput, Any]
     stop: list[str] | None
     messages: list[BaseMessage]
+    # Any child with this call's tools bound (for a shadow copy); None: no tools.
+    bind: Callable[[str], Runnable[LanguageModelInput, Any]] | None = None
 
 
 class ChatTally(BaseChatModel):
@@ -440,6 +442,11 @@ class ChatTally(BaseChatModel):
             for key in _TRACING_KWARGS:
                 bound.pop(key, None)
             bound.update(kw)
+        bind = None
+        if tools:
+            def bind(name: str) -> Runnable[LanguageModelInput, Any]:
+                return self._bind_child(name, tools, tool_choice, extra, sof)
+
         return _Call(
             planned=planned,
             child=child,
@@ -447,6 +454,7 @@ class ChatTally(BaseChatModel):
             runnable=runnable,
             stop=stop if stop is not None else (self.stop or None),
             messages=messages,
+            bind=bind,
         )
 
     def _should_stream(
@@ -483,6 +491,11 @@ class ChatTally(BaseChatModel):
         tokens: tuple[int | None, int | None],
     ) -> None:
         self._pool.finish(call.planned, latency_ms, fields, tokens)
+
+    def _shadow(self, call: _Call, is_async: bool) -> None:
+        """A background copy of an answered call to a shadow candidate, if one is drawn."""
+        self._pool.shadow(call.planned, call.messages, self.scorer, bind=call.bind,
+                          stop=call.stop, is_async=is_async)
 
     # -- the child's answer ----------------------------------------------------
 
@@ -609,6 +622,7 @@ class ChatTally(BaseChatModel):
         message = result.generations[0].message if result.generations else None
         graded = outcome(self.scorer, call.messages, message, self._warn)
         self._finish(call, latency_ms, graded, self._tokens(result))
+        self._shadow(call, False)
         return self._answered(call, result)
 
     async def _agenerate(
@@ -633,6 +647,7 @@ class ChatTally(BaseChatModel):
         message = result.generations[0].message if result.generations else None
         graded = await aoutcome(self.scorer, call.messages, message, self._warn)
         self._finish(call, latency_ms, graded, self._tokens(result))
+        self._shadow(call, True)
         return self._answered(call, result)
 
     def _stream(
@@ -681,6 +696,7 @@ class ChatTally(BaseChatModel):
         latency_ms = ms_since(started)
         graded = outcome(self.scorer, call.messages, acc.message, self._warn)
         self._finish(call, latency_ms, graded, acc.tokens)
+        self._shadow(call, False)
 
     async def _astream_call(
         self, call: _Call, report: AsyncCallbackManagerForLLMRun | None
@@ -699,6 +715,7 @@ class ChatTally(BaseChatModel):
         latency_ms = ms_since(started)
         graded = await aoutcome(self.scorer, call.messages, acc.message, self._warn)
         self._finish(call, latency_ms, graded, acc.tokens)
+        self._shadow(call, True)
 
 
     # -- cascades ----------------------------------------------------------------

@@ -292,7 +292,7 @@ class TallyMiddleware(AgentMiddleware):
                 self._record(planned, attempts, started, None, None, exc)
                 raise
         graded = outcome(self.scorer, request.messages, _ai_message(response), self._warn)
-        return self._answered(planned, attempts, started, response, graded)
+        return self._answered(planned, attempts, started, response, graded, request, False)
 
     async def awrap_model_call(
         self,
@@ -309,7 +309,7 @@ class TallyMiddleware(AgentMiddleware):
                 self._record(planned, attempts, started, None, None, exc)
                 raise
         graded = await aoutcome(self.scorer, request.messages, _ai_message(response), self._warn)
-        return self._answered(planned, attempts, started, response, graded)
+        return self._answered(planned, attempts, started, response, graded, request, True)
 
     def _answered(
         self,
@@ -318,9 +318,30 @@ class TallyMiddleware(AgentMiddleware):
         started: float,
         response: ModelResponse,
         graded: Mapping[str, Any],
+        request: ModelRequest,
+        is_async: bool,
     ) -> ModelResponse:
         served = self._record(planned, attempts, started, _ai_message(response), graded, None)
+        self._shadow(planned, served, request, is_async)
         return cast("ModelResponse", _stamp_response(response, planned, served))
+
+    def _shadow(self, planned: Planned, served: str, request: ModelRequest,
+                is_async: bool) -> None:
+        """A background copy of this model call to a shadow candidate, if one is drawn:
+        the same messages (system message included) and tools."""
+        if not self.tally.shadows.active:
+            return
+        messages: list[BaseMessage] = list(request.messages)
+        system = _system_message(request)
+        if system is not None:
+            messages.insert(0, system)
+        tools = list(request.tools or ())
+
+        def bind(name: str) -> Any:
+            return self.models[name].bind_tools(tools)
+
+        self._pool.shadow(planned, messages, self.scorer, served=served,
+                          bind=bind if tools else None, is_async=is_async)
 
     def _safe_plan(self, request: ModelRequest) -> tuple[Planned, BaseChatModel | None]:
         try:

@@ -48,8 +48,8 @@ def open_ledger(where: str | os.PathLike[str], *, readonly: bool = False) -> Led
 
 
 def copy_ledger(src: Ledger, dst: Ledger, *, batch_size: int = 1024) -> int:
-    """Copy every call, price record and rejected event of ``src`` into ``dst``;
-    returns the calls that were new there.
+    """Copy every call, price record, rejected event and rollout transition of
+    ``src`` into ``dst``; returns the calls that were new there.
 
     The upgrade path from one replica's SQLite ledger to a fleet's PostgreSQL
     one: streamed (any size fits), and safe to run again or for several
@@ -80,4 +80,5 @@ def copy_ledger(src: Ledger, dst: Ledger, *, batch_size: int = 1024) -> int:
         for r in src.rejected()
         if tuple(r.values()) not in seen
     )
+    dst.record_rollouts(src.rollouts())  # skipped by event id when already there
     return new

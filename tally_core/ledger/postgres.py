@@ -25,6 +25,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tally_core._brief import cut
 from tally_core.errors import StoreError
+from tally_core.ledger._rollouts import ROLLOUT_NAMES as _ROLLOUT_NAMES
+from tally_core.ledger._rollouts import rollout_ddl, rollout_filters, rollout_values
 from tally_core.ledger._rows import (
     COLUMNS,
     NAMES,
@@ -95,6 +97,8 @@ def _schema() -> list[str]:
         "CREATE INDEX IF NOT EXISTS prices_model ON prices(model, ts)",
         "CREATE TABLE IF NOT EXISTS rejected (seq BIGSERIAL PRIMARY KEY, "
         "ts DOUBLE PRECISION, event_id TEXT, decision_id TEXT, field TEXT, reason TEXT)",
+        # Migration: rollout transitions (additive, so the schema version stays).
+        *rollout_ddl(_TYPES),
     ]
 
 
@@ -286,6 +290,31 @@ class PostgresLedger(Ledger):
                 "VALUES (%s, %s, %s, %s, %s)",
                 values,
             )
+
+    def record_rollouts(self, events: Iterable[Any]) -> None:
+        """Write rollout transitions; one already here (by event id) is skipped."""
+        values = rollout_values(events)
+        if not values:
+            return
+        with self._use() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.executemany(
+                f"INSERT INTO rollouts ({', '.join(_ROLLOUT_NAMES)}) VALUES "
+                f"({', '.join('%s' for _ in _ROLLOUT_NAMES)}) ON CONFLICT (event_id) DO NOTHING",
+                values,
+            )
+
+    def rollouts(
+        self, *, model: str | None = None, org: str | None = None,
+        task_type: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Rollout transitions (advanced, done, rolled-back), oldest first."""
+        where, params = rollout_filters(model, org, task_type, "%s")
+        with self._use() as conn:
+            if conn.execute("SELECT to_regclass('rollouts') IS NULL").fetchone()[0]:  # type: ignore[index]
+                return []  # a read-only ledger from before the table existed
+            cur = conn.execute(
+                f"SELECT {', '.join(_ROLLOUT_NAMES)} FROM rollouts{where} ORDER BY ts", params)
+            return [dict(zip(_ROLLOUT_NAMES, r, strict=True)) for r in cur]
 
     def rejected(self) -> list[dict[str, Any]]:
         """Events rejected so far, oldest first."""

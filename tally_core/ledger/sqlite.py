@@ -21,6 +21,8 @@ from typing import Any
 
 from tally_core._brief import cut
 from tally_core.errors import StoreError
+from tally_core.ledger._rollouts import ROLLOUT_NAMES as _ROLLOUT_NAMES
+from tally_core.ledger._rollouts import rollout_ddl, rollout_filters, rollout_values
 from tally_core.ledger._rows import (
     COLUMNS,
     ENVELOPE_COLUMNS,
@@ -93,6 +95,8 @@ class Ledger:
                 "CREATE TABLE IF NOT EXISTS rejected (ts REAL, event_id TEXT, "
                 "decision_id TEXT, field TEXT, reason TEXT)"
             )
+            for stmt in rollout_ddl():  # migration: rollout transitions (additive)
+                self._db.execute(stmt)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open ledger at {self.path}: {exc}") from exc
         self._closed = False
@@ -224,6 +228,43 @@ class Ledger:
                 dict(zip(("ts", "event_id", "decision_id", "field", "reason"), r, strict=True))
                 for r in cur
             ]
+
+    def record_rollouts(self, events: Iterable[Any]) -> None:
+        """Write rollout transitions (``RolloutEvent`` s); one already here (by event id)
+        is skipped."""
+        values = rollout_values(events)
+        if not values:
+            return
+        marks = ", ".join("?" for _ in _ROLLOUT_NAMES)
+        with self._lock:
+            self._check_pid()
+            try:
+                self._db.execute("BEGIN")
+                self._db.executemany(
+                    f"INSERT OR IGNORE INTO rollouts ({', '.join(_ROLLOUT_NAMES)}) "
+                    f"VALUES ({marks})", values)
+                self._db.execute("COMMIT")
+            except BaseException as exc:
+                self._rollback()
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"ledger write failed: {exc}") from exc
+                raise
+
+    def rollouts(
+        self, *, model: str | None = None, org: str | None = None,
+        task_type: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Rollout transitions (advanced, done, rolled-back), oldest first."""
+        where, params = rollout_filters(model, org, task_type, "?")
+        with self._lock:
+            self._check_pid()
+            try:
+                cur = self._db.execute(
+                    f"SELECT {', '.join(_ROLLOUT_NAMES)} FROM rollouts{where} "
+                    "ORDER BY ts, rowid", params)
+            except sqlite3.Error:  # a read-only ledger from before the table existed
+                return []
+            return [dict(zip(_ROLLOUT_NAMES, r, strict=True)) for r in cur]
 
     def _rollback(self) -> None:
         try:

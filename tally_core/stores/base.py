@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -21,6 +22,7 @@ from tally_core.learning import LearnParams, Update, apply_updates
 
 __all__ = [
     "Committed",
+    "RolloutChange",
     "StateStore",
     "TaskKey",
     "check_state",
@@ -176,6 +178,43 @@ class StateStore(ABC):
         """Forget learned state (all of it, or one org / task type)."""
         raise NotImplementedError(f"{type(self).__name__} cannot reset")
 
+    # -- rollout state (tally_core.rollout): one JSON-able record per model ------
+    #
+    # The defaults keep it in this process, so a store written before rollouts
+    # lived in the store still works (each process then has its own); the disk
+    # and Redis stores share it between processes and replicas.
+
+    def rollout_state(self) -> dict[str, Any]:
+        """Every rollout record, by model (copies the caller may keep)."""
+        with self._rollout_local() as (records, _):
+            return copy.deepcopy(records)
+
+    def update_rollout(self, model: str, change: RolloutChange) -> Any:
+        """Replace ``model``'s rollout record with ``change(current)`` atomically
+        (``current`` is None when there is none; returning None deletes it) and
+        return the new record. ``change`` may run more than once (a store that
+        retries on a conflicting write calls it again on what it reads), so it
+        must not act beyond computing the record."""
+        with self._rollout_local() as (records, bump):
+            new = change(copy.deepcopy(records.get(model)))
+            if new is None:
+                records.pop(model, None)
+            else:
+                records[model] = copy.deepcopy(new)
+            bump()
+            return new
+
+    def rollout_version(self) -> int:
+        """A number that changes whenever any writer changed a rollout record."""
+        with self._rollout_local() as (_, bump):
+            return bump(0)
+
+    def _rollout_local(self) -> _LocalRollouts:
+        local = self.__dict__.get("_rollouts_here")
+        if local is None:
+            local = self.__dict__.setdefault("_rollouts_here", _LocalRollouts())
+        return local  # type: ignore[no-any-return]
+
     def close(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Release resources. Idempotent."""
 
@@ -189,6 +228,29 @@ class StateStore(ABC):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+RolloutChange = Callable[[Any], Any]
+
+
+class _LocalRollouts:
+    """The in-process rollout records of a store that does not share them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._records: dict[str, Any] = {}
+        self._version = 0
+
+    def _bump(self, by: int = 1) -> int:
+        self._version += by
+        return self._version
+
+    def __enter__(self) -> tuple[dict[str, Any], Callable[..., int]]:
+        self._lock.acquire()
+        return self._records, self._bump
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
 
 
 def group_updates(updates: Sequence[Update]) -> dict[TaskKey, list[Update]]:

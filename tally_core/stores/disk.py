@@ -12,6 +12,7 @@ from tally_core.home import StoreDir
 from tally_core.learning import LearnParams, Update, new_task_state
 from tally_core.stores.base import (
     Committed,
+    RolloutChange,
     StateStore,
     TaskKey,
     check_state,
@@ -23,6 +24,8 @@ __all__ = ["DiskStore"]
 
 _KEYS = "keys"  # the set of task-state keys, so load() need not scan batch ids
 _VERSION = "version"
+_ROLLOUTS = "rollouts"  # {model: record}: small, rewritten whole in one transaction
+_ROLLOUTS_VERSION = "rollouts-version"
 _BATCH_TTL_S = 7 * 24 * 3600.0
 
 
@@ -128,6 +131,38 @@ class DiskStore(StateStore):
                     keys.discard(key)
             self._cache.set(_KEYS, keys)
             self._cache.incr(_VERSION, default=0)
+
+    def rollout_state(self) -> dict[str, Any]:
+        try:
+            return dict(self._cache.get(_ROLLOUTS, default={}))
+        except Exception as exc:
+            raise StoreError(f"state store at {self.directory} failed: {exc}") from exc
+
+    def update_rollout(self, model: str, change: RolloutChange) -> Any:
+        # One immediate SQLite transaction: processes on this disk serialise here.
+        try:
+            with self._cache.transact():
+                records = dict(self._cache.get(_ROLLOUTS, default={}))
+                new = change(records.get(model))
+                if new is None:
+                    records.pop(model, None)
+                else:
+                    records[model] = new
+                self._cache.set(_ROLLOUTS, records)
+                self._cache.incr(_ROLLOUTS_VERSION, default=0)
+                return new
+        except self._diskcache.Timeout as exc:
+            raise StoreError(f"state store at {self.directory} is locked: {exc}") from exc
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"state store at {self.directory} failed: {exc}") from exc
+
+    def rollout_version(self) -> int:
+        try:
+            return int(self._cache.get(_ROLLOUTS_VERSION, default=0))
+        except Exception as exc:
+            raise StoreError(f"state store at {self.directory} failed: {exc}") from exc
 
     def close(self) -> None:
         if not self._closed:

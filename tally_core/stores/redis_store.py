@@ -15,6 +15,7 @@ from tally_core.home import default_home
 from tally_core.learning import LearnParams, Update, new_task_state
 from tally_core.stores.base import (
     Committed,
+    RolloutChange,
     StateStore,
     TaskKey,
     check_state,
@@ -342,6 +343,64 @@ class RedisStore(StateStore):
                         pipe.srem(self._keys, f"{key[0]}{_SEP}{key[1]}")
                         pipe.execute()
             self._client.incr(self._version)
+        except self._redis.RedisError as exc:
+            raise self._fail(exc) from exc
+
+    # -- rollout state: a hash of JSON records by model, and a version counter ----
+
+    def _rkeys(self) -> tuple[str, str]:
+        return f"{self._p}:rollouts", f"{self._p}:rollouts:version"
+
+    def rollout_state(self) -> dict[str, Any]:
+        try:
+            raw = self._client.hgetall(self._rkeys()[0])
+        except self._redis.RedisError as exc:
+            raise self._fail(exc) from exc
+        out: dict[str, Any] = {}
+        for k, v in raw.items():
+            name = k.decode() if isinstance(k, bytes) else str(k)
+            try:
+                out[name] = json.loads(v)
+            except ValueError:
+                raise StoreError(f"redis store at {self.url}: the rollout record of "
+                                 f"{name!r} is not JSON") from None
+        return out
+
+    def update_rollout(self, model: str, change: RolloutChange) -> Any:
+        """Compare-and-set: ``WATCH`` the rollouts hash, compute, ``MULTI``/``EXEC``;
+        a write by another replica meanwhile makes it read and compute again."""
+        hkey, vkey = self._rkeys()
+        try:
+            with self._client.pipeline(transaction=True) as pipe:
+                for attempt in range(self.max_retries):
+                    try:
+                        pipe.watch(hkey)  # type: ignore[no-untyped-call]
+                        blob = pipe.hget(hkey, model)
+                        try:
+                            old = json.loads(blob) if blob is not None else None
+                        except ValueError:
+                            old = None  # a damaged record reads as none (and is replaced)
+                        new = change(old)
+                        pipe.multi()
+                        if new is None:
+                            pipe.hdel(hkey, model)
+                        else:
+                            pipe.hset(hkey, model, json.dumps(new, separators=(",", ":")))
+                        pipe.incr(vkey)
+                        pipe.execute()
+                        return new
+                    except self._redis.WatchError:
+                        time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 20)))
+                raise StoreError(
+                    f"redis store at {self.url}: {self.max_retries} conflicting rollout "
+                    "writes in a row"
+                )
+        except self._redis.RedisError as exc:
+            raise self._fail(exc) from exc
+
+    def rollout_version(self) -> int:
+        try:
+            return int(self._client.get(self._rkeys()[1]) or 0)
         except self._redis.RedisError as exc:
             raise self._fail(exc) from exc
 

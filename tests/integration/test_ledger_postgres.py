@@ -387,3 +387,22 @@ def test_a_replicas_sqlite_ledger_moves_into_the_shared_one(
     finally:
         old.close()
         shared.close()
+
+
+def test_rollout_transitions_are_recorded_once_and_filtered(led: Ledger) -> None:
+    from tally_core.events import rollout_event
+
+    evs = [rollout_event(model=m, org="acme", task_type="qa", action=a, step=s, share=sh,
+                         calls=40, quality=q, incumbent_quality=0.93, reason=f"{a} at {sh:.0%}",
+                         ts=1000.0 + i)
+           for i, (m, a, s, sh, q) in enumerate([("m1", "advanced", 0, 0.05, 0.94),
+                                                 ("m1", "rolled-back", 1, 0.25, 0.71),
+                                                 ("m2", "done", 0, 1.0, 0.95)])]
+    led.record_rollouts(evs)
+    led.record_rollouts(evs[:2])  # a replayed batch adds nothing
+    got = led.rollouts(model="m1")
+    assert [(r["action"], r["step"], r["share"]) for r in got] == [
+        ("advanced", 0, 0.05), ("rolled-back", 1, 0.25)]
+    assert got[1]["quality"] == 0.71 and got[1]["incumbent_quality"] == 0.93
+    assert got[1]["task_type"] == "qa-simple" and got[1]["org"] == "acme"
+    assert len(led.rollouts()) == 3 and led.rollouts(org="other") == []

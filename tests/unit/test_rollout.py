@@ -85,3 +85,92 @@ def test_bad_settings_name_the_field(kwargs, field):
     with tally() as t, pytest.raises(InvalidFieldError) as err:
         t.rollout(CAND, **kwargs)
     assert err.value.field == field
+
+
+def test_every_transition_is_in_the_ledger_with_its_figures(tmp_path):
+    where = str(tmp_path / "tally")
+    with tally(where) as t:
+        t.rollout(CAND, steps=(0.1, 0.5, 1.0), min_calls=30, max_quality_drop=0.02)
+        run(t, 400, {CAND: 0.95})
+        rows = t.rollout_history(CAND)
+        status = t.rollout_status(CAND)
+    assert [r["action"] for r in rows] == ["advanced", "advanced", "done"]
+    assert [(r["step"], r["share"]) for r in rows] == [(0, 0.1), (1, 0.5), (2, 1.0)]
+    (cell,) = status.values()
+    assert [r["reason"] for r in rows] == cell["history"]
+    for r in rows:
+        assert r["model"] == CAND and r["org"] == "default" and r["task_type"] == "summarisation"
+        assert r["calls"] == 30 and abs(r["quality"] - 0.95) < 0.02
+        assert r["incumbent_quality"] > 0.9
+    # The CLI lists the same transitions from the ledger on disk.
+    from typer.testing import CliRunner
+
+    from tally_core.cli import app
+
+    res = CliRunner().invoke(app, ["rollouts", "--store", where, "--format", "json",
+                                   "--task-type", "summarization"])
+    assert res.exit_code == 0, res.output
+    import json
+
+    assert json.loads(res.stdout) == rows
+    res = CliRunner().invoke(app, ["rollouts", "--store", where])
+    assert res.exit_code == 0 and "rolled" not in res.stdout and "done" in res.stdout
+
+
+def test_a_rollback_is_in_the_ledger_once_and_survives_a_spool_replay(tmp_path):
+    from tally_core.events import from_record, rollout_event, to_record
+
+    with tally() as t:
+        t.rollout(CAND, steps=(0.2, 1.0), min_calls=50, max_quality_drop=0.02)
+        run(t, 400, {CAND: 0.7})
+        (row,) = t.rollout_history()
+        assert row["action"] == "rolled-back" and row["quality"] < 0.75
+        ev = rollout_event(**{k: v for k, v in row.items()})
+        assert from_record(to_record(ev)) == ev
+        t.ledger.record_rollouts([ev, ev])  # a replayed batch: the event id is unique
+        assert len(t.rollout_history(CAND)) == 1
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("action", "paused"), ("step", -1), ("share", 1.5), ("quality", float("nan")),
+    ("reason", "x" * 301), ("task_type", ""), ("org", "a b")])
+def test_a_bad_rollout_event_names_the_field(field, value):
+    from tally_core.events import rollout_event
+
+    good = dict(model="m", org="default", task_type="qa", action="advanced", step=0,
+                share=0.1, calls=10, quality=0.9, incumbent_quality=0.9, reason="ok")
+    with pytest.raises(InvalidFieldError) as err:
+        rollout_event(**{**good, field: value})
+    assert err.value.field == field
+
+
+def test_a_rollouts_json_from_the_previous_version_is_imported(tmp_path):
+    import json
+
+    where = tmp_path / "tally"
+    where.mkdir()
+    cell = {"step": 1, "status": "running", "n": 7, "s": 6.5, "ss": 6.1, "inc_n": 20,
+            "inc_s": 18.8, "inc_ss": 17.7, "history": ["passed 20% over 40 calls (...)"]}
+    (where / "rollouts.json").write_text(json.dumps({CAND: {
+        "spec": {"model": CAND, "steps": [0.2, 0.6, 1.0], "min_calls": 40,
+                 "max_quality_drop": 0.02, "task_types": None},
+        "cells": {"default/summarisation": cell}}}))
+    with tally(str(where)) as t:
+        (got,) = t.rollout_status(CAND).values()
+        assert (got["step"], got["share"], got["calls"]) == (1, 0.6, 7)
+        assert CAND in t.catalog.names
+    assert not (where / "rollouts.json").exists()
+    with tally(str(where)) as t:  # from the store now
+        assert t.rollout_status(CAND)["default/summarisation"]["calls"] == 7
+
+
+def test_stopping_a_rollout_on_one_instance_stops_it_on_another(tmp_path):
+    where = str(tmp_path / "tally")
+    with tally(where) as a, tally(where) as b:
+        a.rollout(CAND, steps=(0.5, 1.0), min_calls=100)
+        b.refresh()
+        assert CAND in run(b, 40, {CAND: 0.95})
+        assert a.stop_rollout(CAND) is True
+        b.refresh()
+        assert b.rollout_status(CAND) == {} and b.rollouts.models == []
+        assert b.rollouts.share("default", "summarisation", CAND) == 0.0

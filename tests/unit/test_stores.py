@@ -195,3 +195,66 @@ class socket_closed_port:
 
     def __exit__(self, *exc: object) -> None:
         self._s.close()
+
+
+# -- rollout records (tally_core.rollout keeps its state here) ----------------------------
+
+
+def _bump(old):
+    rec = old or {"n": 0}
+    rec["n"] += 1
+    return rec
+
+
+def test_contract_rollout_records_update_delete_and_version(store: StateStore) -> None:
+    v0 = store.rollout_version()
+    assert store.rollout_state() == {}
+    assert store.update_rollout("cand", _bump) == {"n": 1}
+    assert store.update_rollout("cand", _bump) == {"n": 2}
+    store.update_rollout("other", lambda old: {"seen": old})
+    assert store.rollout_state() == {"cand": {"n": 2}, "other": {"seen": None}}
+    assert store.rollout_version() != v0
+    got = store.rollout_state()
+    got["cand"]["n"] = 99  # a copy: the store keeps its own
+    assert store.rollout_state()["cand"] == {"n": 2}
+    assert store.update_rollout("cand", lambda old: None) is None  # None deletes
+    assert list(store.rollout_state()) == ["other"]
+
+
+def test_contract_rollout_updates_from_threads_lose_none(store: StateStore) -> None:
+    import threading
+
+    def work() -> None:
+        for _ in range(100):
+            store.update_rollout("cand", _bump)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert store.rollout_state()["cand"]["n"] == 400
+
+
+def _rollout_writer(kind: str, where: str, prefix: str, n: int) -> None:
+    s = DiskStore(where) if kind == "disk" else RedisStore(where, prefix=prefix)
+    for _ in range(n):
+        s.update_rollout("cand", _bump)
+    s.close()
+
+
+@pytest.mark.parametrize("kind", ["disk", pytest.param("redis", marks=pytest.mark.redis)])
+def test_rollout_updates_from_four_processes_lose_none(kind: str, request, tmp_path) -> None:
+    where = str(tmp_path / "shared") if kind == "disk" else request.getfixturevalue("redis_url")
+    prefix = f"t-{uuid.uuid4().hex}"
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_rollout_writer, args=(kind, where, prefix, 150))
+             for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    s = DiskStore(where) if kind == "disk" else RedisStore(where, prefix=prefix)
+    assert s.rollout_state()["cand"]["n"] == 600
+    s.close()
