@@ -8,7 +8,8 @@ are spelled, so every reader and writer agrees on them:
 - ``state/``: the learned state of a ``DiskStore`` (a diskcache directory);
 - ``spool/``: telemetry batches the state store or ledger could not take yet;
 - ``model_prices.json``: the price map ``tally pricing --refresh`` saved;
-- ``rollouts.json``: the gradual rollouts' steps and statuses.
+- ``rollouts.json``: where gradual rollouts lived before the state store kept
+  them; imported once into the store, then renamed ``rollouts.json.imported``.
 
 >>> from pathlib import Path
 >>> d = StoreDir("/srv/tally")

@@ -23,7 +23,8 @@ def test_the_layout_keeps_the_names_existing_stores_use(tmp_path) -> None:
         t.rollout("gpt-4o-mini", steps=(0.5, 1.0), min_calls=2)
         t.telemetry(t.route(task_type="qa"), quality=0.9)
     made = {p.name for p in tmp_path.iterdir()}
-    assert {"ledger.sqlite3", "state", "spool", "rollouts.json"} <= made
+    assert {"ledger.sqlite3", "state", "spool"} <= made
+    assert "rollouts.json" not in made  # rollouts live in the state store now
     assert made <= set(WRITTEN.values())
 
 
