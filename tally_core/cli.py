@@ -885,17 +885,18 @@ def export(
     from rich.console import Console
 
     from tally_core import reports
+    from tally_core.ledger.query import LedgerQuery
 
     fmt = _choice(format, reports.EXPORT_FORMATS)
     ledger = _open_ledger(store)
     try:
-        f = reports._filters(since, until, org, task_type, model)
+        f = LedgerQuery.parse(since=since, until=until, org=org, task_type=task_type, model=model)
         err = Console(stderr=True)
         to_terminal = output is None and sys.stdout.isatty()
         if err.is_terminal and not to_terminal:
             from rich.progress import Progress
 
-            total = ledger.count(**f)
+            total = ledger.count(f)
             # No stdout redirect: the export itself may be going to stdout.
             with Progress(
                 console=err, transient=True, redirect_stdout=False, redirect_stderr=False
@@ -905,7 +906,7 @@ def export(
                     ledger,
                     output if output is not None else sys.stdout,
                     fmt,  # type: ignore[arg-type]
-                    **f,
+                    f,
                     progress=lambda k: progress.update(bar, completed=k),
                 )
             err.print(f"{n:,} calls exported" + (f" to {output}" if output else ""))
@@ -914,7 +915,7 @@ def export(
                 ledger,
                 output if output is not None else sys.stdout,
                 fmt,  # type: ignore[arg-type]
-                **f,
+                f,
             )
     except TallyError as exc:
         raise _bad_input(exc) from None
