@@ -29,7 +29,7 @@ import os
 import statistics
 import time
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -162,20 +162,22 @@ _LN = _L0 + sum(1 for c in REPORT if c.startswith("l") and c[1:].isdigit())
 
 class _Acc:
     __slots__ = ("calls", "cost", "errors", "itok", "lat", "lat_hi", "lat_lo", "lat_n", "otok",
-                 "qn", "qsum", "sketch")
+                 "qn", "qsum", "sketch_rows", "sketches")
 
     def __init__(self) -> None:
         self.calls = self.itok = self.otok = self.errors = self.qn = 0
         self.cost = self.qsum = 0.0
         self.lat = array("d")  # rows: every latency
-        # roll-ups: the latency sketch (see ``tally_core.ledger._rollups``)
-        self.sketch: list[int] = []
+        # roll-ups: which rows of ``sketches`` (a matrix of latency sketches,
+        # see ``tally_core.ledger._rollups``) to sum
+        self.sketch_rows: list[int] = []
+        self.sketches: Any = None
         self.lat_n = 0
         self.lat_lo: float | None = None
         self.lat_hi: float | None = None
 
-    def merge(self, v: tuple[Any, ...]) -> None:
-        """Add one roll-up row's figures (``REPORT`` order)."""
+    def merge(self, v: Sequence[Any], at: int, sketches: Any) -> None:
+        """Add one roll-up row's figures (``REPORT`` order), its sketch row ``at``."""
         self.calls += v[_AT["calls"]]
         self.itok += v[_AT["input_tokens"]]
         self.otok += v[_AT["output_tokens"]]
@@ -187,9 +189,8 @@ class _Acc:
         if not n:
             return
         self.lat_n += n
-        cum = v[_L0:_LN]
-        self.sketch = [a + b for a, b in zip(self.sketch, cum, strict=True)] if self.sketch \
-            else list(cum)
+        self.sketch_rows.append(at)
+        self.sketches = sketches
         lo, hi = v[_AT["lat_min"]], v[_AT["lat_max"]]
         self.lat_lo = lo if self.lat_lo is None else min(self.lat_lo, lo)
         self.lat_hi = hi if self.lat_hi is None else max(self.lat_hi, hi)
@@ -222,9 +223,8 @@ class _Acc:
 
             p50, p95 = (float(x) for x in np.percentile(np.frombuffer(self.lat), [50, 95]))
         elif self.lat_n:
-            p50, p95 = (
-                percentile(self.sketch, self.lat_n, self.lat_lo, self.lat_hi, q) for q in (50, 95)
-            )
+            cum = self.sketches[self.sketch_rows].sum(axis=0).tolist()
+            p50, p95 = (percentile(cum, self.lat_n, self.lat_lo, self.lat_hi, q) for q in (50, 95))
         return Rollup(
             key=key,
             calls=self.calls,
@@ -380,13 +380,16 @@ def report(
         return acc
 
     if n and use:
-        for b, o, tt, m, *v in ledger.report_rollup(q, int(buckets.width)):
-            vals = tuple(v)
+        import numpy as np
+
+        got = ledger.report_rollup(q, int(buckets.width))
+        sketches = np.array([r[4 + _L0 : 4 + _LN] for r in got], dtype=np.int64)
+        for at, (b, o, tt, m, *vals) in enumerate(got):
             start = float(b)
             for acc in (total, acc_of(groups["model"], m), acc_of(groups["org"], o),
                         acc_of(groups["task_type"], tt), acc_of(times, start),
                         acc_of(quality, (tt, m))):
-                acc.merge(vals)
+                acc.merge(vals, at, sketches)
             h = history.setdefault((tt, m, start), [0, 0, 0.0])
             h[0] += vals[_AT["calls"]]
             h[1] += vals[_AT["quality_obs"]]
