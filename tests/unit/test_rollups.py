@@ -291,3 +291,47 @@ def test_ledger_query_names_the_bad_field() -> None:
     assert not q.replace(since=D + 1.0).hourly
     with pytest.raises(InvalidFieldError, match="^query"):
         reports.report(Ledger(":memory:"), q, org="acme")
+
+
+def test_the_command_and_the_dashboard_show_the_task_mix(tmp_path: Path) -> None:
+    pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx")
+    from starlette.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from tally_core.cli import app
+    from tally_core.dashboard.app import create_app
+    from tally_core.dashboard.data import DashboardData
+
+    where = tmp_path / "store"
+    led = Ledger(where / "ledger.sqlite3")
+    rows = make_rows(400, seed=5)
+    led.append(rows)
+    led.close()
+    want = {t: [0, 0] for t in TASKS}
+    for r in rows:
+        want[r["task_type"]][0 if "task_type" in (r["inferred"] or "").split(",") else 1] += 1
+    res = CliRunner().invoke(app, ["report", "--store", str(where), "-f", "json"])
+    assert res.exit_code == 0, res.output
+    got = {m["task_type"]: [m["inferred"], m["given"]] for m in _json_of(res.stdout)["task_mix"]}
+    assert got == want
+    table = CliRunner().invoke(app, ["report", "--store", str(where)], env={"COLUMNS": "160"})
+    assert "Task mix" in table.stdout
+    line = next(s for s in table.stdout.splitlines() if s.strip().startswith("│ code-debug")
+                and "inferred" in s)
+    assert f"{want['code-debug'][0]:,}" in line
+    data = DashboardData(Ledger(where / "ledger.sqlite3", readonly=True))
+    with TestClient(create_app(data)) as client:
+        page = client.get("/", params={"org": "acme"}).text
+        api = client.get("/api/report", params={"org": "acme"}).json()
+    assert 'id="task-mix"' in page
+    acme = {t: [0, 0] for t in TASKS}
+    for r in rows:
+        if r["org"] == "acme":
+            acme[r["task_type"]][0 if "task_type" in (r["inferred"] or "").split(",") else 1] += 1
+    assert {m["task_type"]: [m["inferred"], m["given"]] for m in api["task_mix"]} == acme
+
+
+def _json_of(text: str) -> Any:
+    import json
+
+    return json.loads(text)
