@@ -10,9 +10,9 @@ adjusted when late feedback changes a call's quality:
   and ``l0 .. l79`` the calls whose latency is at least ``2**(k/4)`` ms
   (cumulative log-scale buckets 19% wide, up to 14 minutes), from which
   percentiles are read (``percentile``) to within a bucket.
-- ``rollup_detail`` (the same, also by holdout, quality floor and whether
-  the task type was inferred): what ``savings`` and the inferred task mix
-  need: token sums of the calls that have both counts (priced at the
+- ``rollup_detail`` (the same, also by holdout and quality floor): what
+  ``savings`` and the inferred task mix need: the calls whose task type was
+  inferred, token sums of the calls that have both counts (priced at the
   fallback's price in force), the cost of those that do not, quality
   moments, and the latest price recorded on a call of the group.
 
@@ -57,7 +57,7 @@ BOUNDS: tuple[float, ...] = tuple(2.0 ** (k / 4) for k in range(80))
 _L = tuple(f"l{k}" for k in range(len(BOUNDS)))
 
 HOUR_KEY = ("hour", "org", "task_type", "model")
-DETAIL_KEY = ("hour", "org", "task_type", "model", "holdout", "qfloor", "tinf")
+DETAIL_KEY = ("hour", "org", "task_type", "model", "holdout", "qfloor")
 # Summed columns of rollup_hour (name, type, SQL over the source ``s``).
 _HOUR_SUMS: tuple[tuple[str, str, str], ...] = (
     ("calls", "INTEGER", "COUNT(*)"),
@@ -80,6 +80,7 @@ _TOKENS = "input_tokens IS NOT NULL AND output_tokens IS NOT NULL"
 _PRICED = "input_cost_per_mtok IS NOT NULL AND output_cost_per_mtok IS NOT NULL"
 _DETAIL_SUMS: tuple[tuple[str, str, str], ...] = (
     ("calls", "INTEGER", "COUNT(*)"),
+    ("inferred_calls", "INTEGER", "SUM(tinf)"),
     ("cost_usd", "REAL", "SUM(COALESCE(cost_usd, 0.0))"),
     ("input_tokens", "INTEGER", "SUM(COALESCE(input_tokens, 0))"),
     ("output_tokens", "INTEGER", "SUM(COALESCE(output_tokens, 0))"),
@@ -125,7 +126,6 @@ def ddl(dialect: str) -> list[str]:
     detail_cols = [
         "hour INTEGER NOT NULL", "org TEXT NOT NULL", "task_type TEXT NOT NULL",
         "model TEXT NOT NULL", "holdout INTEGER NOT NULL", f"qfloor {t['REAL']} NOT NULL",
-        "tinf INTEGER NOT NULL",
         *(f"{c} {t[ty]} NOT NULL DEFAULT 0" for c, ty, _ in _DETAIL_SUMS),
         *(f"{c} {t[ty]}" for c, ty, *_ in _DETAIL_MINMAX),
         f"price_ts {t['REAL']}", f"price_in {t['REAL']}", f"price_out {t['REAL']}",
@@ -244,7 +244,6 @@ def feedback_updates(
     value in ``row`` (``FEEDBACK_COLS``) to ``new`` in both roll-ups."""
     ts, org, tt, model, holdout, floor, inferred, old = row
     hour = math.floor(float(ts) / HOUR) * HOUR
-    tinf = int("task_type" in str(inferred or "").split(","))
     dn, ds, dss, dg = feedback_deltas(old, new)
     hk = " AND ".join(f"{k} = {mark}" for k in HOUR_KEY)
     dk = " AND ".join(f"{k} = {mark}" for k in DETAIL_KEY)
@@ -258,7 +257,7 @@ def feedback_updates(
             f"UPDATE rollup_detail SET q_n = q_n + {mark}, q_sum = q_sum + {mark}, "
             f"q_ss = q_ss + {mark}, q_graded = q_graded + {mark} WHERE {dk}",
             (dn, ds, dss, dg, hour, org, tt, model, int(bool(holdout)),
-             -1.0 if floor is None else float(floor), tinf),
+             -1.0 if floor is None else float(floor)),
         ),
     ]
 

@@ -611,17 +611,16 @@ class Ledger:
         if not self.uses_rollups(query):
             raise ValueError("the roll-ups cannot answer this query")
         where, args = self._where(query, True)
+        cond = f"{where}{' AND' if where else ' WHERE'} price_ts IS NOT NULL"
+        # Each group's latest priced call: its row at the group's greatest price_ts.
         rows = self._fetch(
-            "SELECT task_type, model, price_ts, price_in, price_out FROM rollup_detail"
-            f"{where}{' AND' if where else ' WHERE'} price_ts IS NOT NULL",
+            "SELECT d.task_type, d.model, MAX(d.price_in), MAX(d.price_out) FROM rollup_detail d "
+            f"JOIN (SELECT task_type, model, MAX(price_ts) AS pt FROM rollup_detail{cond} "
+            "GROUP BY task_type, model) m ON d.task_type = m.task_type AND d.model = m.model "
+            "AND d.price_ts = m.pt GROUP BY d.task_type, d.model",
             args,
         )
-        best: dict[tuple[str, str], tuple[float, float, float]] = {}
-        for tt, model, pts, pin, pout in rows:
-            have = best.get((tt, model))
-            if have is None or pts > have[0]:
-                best[(tt, model)] = (pts, pin, pout)
-        return {k: (v[1], v[2]) for k, v in best.items()}
+        return {(tt, model): (pin, pout) for tt, model, pin, pout in rows}
 
     def distinct(self, column: str, query: LedgerQuery | None = None) -> list[str]:
         """The distinct orgs, task types or models of the calls matching the
@@ -651,8 +650,8 @@ class Ledger:
         if self.uses_rollups(query):
             where, args = self._where(query, True)
             sql = (
-                f"SELECT task_type, {_isum('CASE WHEN tinf = 1 THEN calls ELSE 0 END')}, "
-                f"{_isum('CASE WHEN tinf = 1 THEN 0 ELSE calls END')} FROM rollup_detail{where} "
+                f"SELECT task_type, {_isum('inferred_calls')}, "
+                f"{_isum('calls - inferred_calls')} FROM rollup_detail{where} "
                 "GROUP BY task_type ORDER BY task_type"
             )
         else:
