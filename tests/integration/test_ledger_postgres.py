@@ -146,11 +146,13 @@ def test_schema_is_versioned_and_a_newer_one_is_refused(pg: PostgresServer) -> N
     open_ledger(url).close()
     open_ledger(url).close()  # a second replica starting: no error, one version row
     with psycopg.connect(url, autocommit=True) as conn:
-        assert conn.execute("SELECT version FROM tally_ledger_schema").fetchall() == [(1,)]
+        # A new ledger starts at the current version (no steps to replay).
+        assert conn.execute("SELECT version FROM tally_ledger_schema").fetchall() == [(3,)]
         indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes")}
-        assert {"calls_decision", "calls_ts", "calls_pkey"} <= indexes
-        conn.execute("INSERT INTO tally_ledger_schema VALUES (2, 0)")
-    with pytest.raises(StoreError, match="schema version 2"):
+        assert {"calls_decision", "calls_ts", "calls_pkey", "rollup_hour_pkey",
+                "rollup_detail_pkey"} <= indexes
+        conn.execute("INSERT INTO tally_ledger_schema VALUES (99, 0)")
+    with pytest.raises(StoreError, match="schema version 99"):
         open_ledger(url)
 
 
