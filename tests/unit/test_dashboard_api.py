@@ -101,8 +101,8 @@ def test_calls_api_filters_and_pages(
     mini = client.get(
         "/api/calls", params={"org": "acme", "model": "gpt-4o-mini", "phase": "exploit"}
     ).json()
-    mini = LedgerQuery(org="acme", model="gpt-4o-mini")
-    n = sum(1 for r in ledger.rows(mini) if r["phase"] == "exploit")
+    q = LedgerQuery(org="acme", model="gpt-4o-mini")
+    n = sum(1 for r in ledger.rows(q) if r["phase"] == "exploit")
     assert mini["total"] == n > 0
     assert {(r["model"], r["phase"], r["org"]) for r in mini["rows"]} == {
         ("gpt-4o-mini", "exploit", "acme")
