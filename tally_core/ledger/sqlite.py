@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -612,15 +613,23 @@ class Ledger:
             raise ValueError("the roll-ups cannot answer this query")
         where, args = self._where(query, True)
         cond = f"{where}{' AND' if where else ' WHERE'} price_ts IS NOT NULL"
-        # Each group's latest priced call: its row at the group's greatest price_ts.
-        rows = self._fetch(
-            "SELECT d.task_type, d.model, MAX(d.price_in), MAX(d.price_out) FROM rollup_detail d "
-            f"JOIN (SELECT task_type, model, MAX(price_ts) AS pt FROM rollup_detail{cond} "
-            "GROUP BY task_type, model) m ON d.task_type = m.task_type AND d.model = m.model "
-            "AND d.price_ts = m.pt GROUP BY d.task_type, d.model",
+        latest = self._fetch(
+            f"SELECT task_type, model, MAX(price_ts) FROM rollup_detail{cond} "
+            "GROUP BY task_type, model",
             args,
         )
-        return {(tt, model): (pin, pout) for tt, model, pin, pout in rows}
+        m = self._mark
+        out: dict[tuple[str, str], tuple[float, float]] = {}
+        for tt, model, pts in latest:
+            # The group's row at that time: a point lookup on the key's hour.
+            found = self._fetch(
+                f"SELECT price_in, price_out FROM rollup_detail WHERE hour = {m} AND "
+                f"task_type = {m} AND model = {m} AND price_ts = {m} LIMIT 1",
+                (math.floor(pts / HOUR) * HOUR, tt, model, pts),
+            )
+            if found:
+                out[(tt, model)] = (found[0][0], found[0][1])
+        return out
 
     def distinct(self, column: str, query: LedgerQuery | None = None) -> list[str]:
         """The distinct orgs, task types or models of the calls matching the
