@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import redis_or_skip
-from tally_core import MemoryStore, RedisStore, StoreError, Tally
+from tally_core import MemoryStore, RedisStore, StoreError, Tally, reports
 from tally_core.ledger import Ledger, open_ledger
 from tally_core.ledger.query import LedgerQuery
 from tests.postgres_support import PASSWORD, PostgresServer, free_port, postgres_or_skip
@@ -293,8 +293,12 @@ def test_four_processes_write_one_ledger_and_one_state(
         assert [p.exitcode for p in procs] == [0, 0, 0, 0]
         led = open_ledger(url, readonly=True)
         try:
+            assert led.uses_rollups()  # count() sums the roll-ups four writers kept
             assert led.count() == 8000
             assert len({r[0] for r in led.select(["event_id"])}) == 8000
+            quality = reports.report(led, by="hour", source="rollups").totals
+            assert (quality.calls, quality.quality_obs) == (8000, 8000)
+            assert quality.input_tokens == 50 * 8000
         finally:
             led.close()
         store = RedisStore(server.url, prefix=prefix, directory=tmp_path / "reader")
