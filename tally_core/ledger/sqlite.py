@@ -238,6 +238,8 @@ class Ledger:
                     # same transaction, leaving out only the bad ones.
                     db.execute("ROLLBACK")
                     db.execute("BEGIN IMMEDIATE")
+                    # Another process may have written between the two transactions.
+                    last = db.execute("SELECT COALESCE(MAX(rowid), 0) FROM calls").fetchone()[0]
                     before = db.total_changes
                     for i, v in zip(at, values, strict=True):
                         try:

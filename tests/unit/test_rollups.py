@@ -335,3 +335,15 @@ def _json_of(text: str) -> Any:
     import json
 
     return json.loads(text)
+
+
+def test_a_row_the_engine_cannot_hold_is_left_out_of_the_rollups(led: Ledger) -> None:
+    rows = make_rows(40, seed=9)
+    rows[7] = {**rows[7], "input_tokens": 2**70}  # beyond 64 bits: the batch goes row by row
+    new, bad = led.write(rows)
+    assert (new, [i for i, _ in bad]) == (39, [7])
+    assert led.write(rows) == (0, bad)  # replayed: nothing new, the same row left out
+    rep = reports.report(led, by="hour", source="rollups")
+    kept = [r for i, r in enumerate(rows) if i != 7]
+    assert rep.totals.calls == 39
+    assert rep.totals.input_tokens == sum(r["input_tokens"] or 0 for r in kept)
