@@ -456,6 +456,8 @@ _ROLLUP_CSV = (
     "latency_p95_ms",
     "quality_obs",
     "mean_quality",
+    "inferred",
+    "given",
 )
 
 
@@ -476,6 +478,7 @@ def _report_csv(rep: Report) -> str:
             rows.append({"section": section, col: r.key, **asdict(r)})
     rows += [{"section": "quality", **q} for q in rep.quality]
     rows += [{"section": "quality_history", **q} for q in rep.quality_history]
+    rows += [{"section": "task_mix", **m} for m in rep.task_mix]
     for b in rep.mix:
         for m, k in b["models"].items():
             rows.append(
@@ -521,6 +524,21 @@ def _rollup_table(title: str, head: str, rollups: list[Any], with_bar: bool = Tr
     return table
 
 
+def _task_mix_table(task_mix: list[dict[str, Any]]) -> Any:
+    """Calls per task type, inferred from the messages or given by the caller."""
+    from rich.table import Table
+
+    table = Table(title="Task mix (task type inferred from the messages or given)",
+                  title_justify="left")
+    for col, just in (("task type", "left"), ("calls", "right"), ("inferred", "right"),
+                      ("given", "right"), ("", "left")):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for m in task_mix:
+        table.add_row(m["task_type"], f"{m['calls']:,}", f"{m['inferred']:,}",
+                      f"{m['given']:,}", f"{m['inferred_share']:.0%} inferred")
+    return table
+
+
 def _print_report(rep: Report, where: Any) -> None:
     from rich.table import Table
     from rich.text import Text
@@ -536,13 +554,20 @@ def _print_report(rep: Report, where: Any) -> None:
         f"latency p50 {_num(t.latency_p50_ms, '.0f')} ms, p95 {_num(t.latency_p95_ms, '.0f')} ms; "
         f"errors {t.error_rate:.1%}; mean quality {_num(t.mean_quality)}"
     )
+    source = (
+        "; from the hourly roll-ups (latency percentiles from a sketch)"
+        if rep.source == "rollups" else ""
+    )
     console.print(
-        f"[dim]Calls from {_when(rep.first_ts)} to {_when(rep.last_ts)} UTC; store {where}[/dim]"
+        f"[dim]Calls from {_when(rep.first_ts)} to {_when(rep.last_ts)} UTC; store {where}"
+        f"{source}[/dim]"
     )
     console.print(_rollup_table("Cost by model", "model", rep.by_model))
     if len(rep.by_org) > 1 or rep.filters.get("org"):
         console.print(_rollup_table("Cost by org", "org", rep.by_org))
     console.print(_rollup_table("Cost by task type", "task type", rep.by_task_type))
+    if any(m["inferred"] for m in rep.task_mix):
+        console.print(_task_mix_table(rep.task_mix))
     peak = max((r.cost_usd for r in rep.by_time), default=0.0) or 1.0
     unit = "slice" if rep.bucket == "split" else rep.bucket
     times = Table(title=f"Cost per {unit} (UTC)", title_justify="left")
@@ -961,17 +986,18 @@ def export(
     from rich.console import Console
 
     from tally_core import reports
+    from tally_core.ledger.query import LedgerQuery
 
     fmt = _choice(format, reports.EXPORT_FORMATS)
     ledger = _open_ledger(store)
     try:
-        f = reports._filters(since, until, org, task_type, model)
+        f = LedgerQuery.parse(since=since, until=until, org=org, task_type=task_type, model=model)
         err = Console(stderr=True)
         to_terminal = output is None and sys.stdout.isatty()
         if err.is_terminal and not to_terminal:
             from rich.progress import Progress
 
-            total = ledger.count(**f)
+            total = ledger.count(f)
             # No stdout redirect: the export itself may be going to stdout.
             with Progress(
                 console=err, transient=True, redirect_stdout=False, redirect_stderr=False
@@ -981,7 +1007,7 @@ def export(
                     ledger,
                     output if output is not None else sys.stdout,
                     fmt,  # type: ignore[arg-type]
-                    **f,
+                    f,
                     progress=lambda k: progress.update(bar, completed=k),
                 )
             err.print(f"{n:,} calls exported" + (f" to {output}" if output else ""))
@@ -990,7 +1016,7 @@ def export(
                 ledger,
                 output if output is not None else sys.stdout,
                 fmt,  # type: ignore[arg-type]
-                **f,
+                f,
             )
     except TallyError as exc:
         raise _bad_input(exc) from None

@@ -41,7 +41,7 @@ from operator import attrgetter
 from typing import Any
 
 from tally_core._brief import brief
-from tally_core.envelope import STRUCTURE_TYPES, parse_task_type
+from tally_core.envelope import STRUCTURE_TYPES, Envelope, parse_task_type
 from tally_core.errors import InvalidFieldError
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "ROLLOUT_ACTIONS",
     "RolloutEvent",
     "call_event",
+    "check_inferred",
     "check_decision_id",
     "check_model",
     "check_number",
@@ -249,6 +250,8 @@ class CallEvent:
     error: str | None
     #: Routed by this process (its in-flight count drops once it is applied).
     local: bool = False
+    #: Envelope fields an adapter inferred from the messages (names only).
+    inferred: tuple[str, ...] = ()
 
     kind = "call"
 
@@ -298,6 +301,27 @@ ROLLOUT_ACTIONS = frozenset({"advanced", "done", "rolled-back"})
 _REASON = re.compile(r"^[^\x00-\x1f\x7f]{1,300}$")
 
 
+_INFERABLE = frozenset(Envelope.model_fields)
+
+
+def check_inferred(value: Any) -> tuple[str, ...]:
+    """The names of inferred envelope fields: envelope field names only
+    (never any text), each once, in the order given.
+
+    >>> check_inferred(["task_type", "complexity"]), check_inferred(None)
+    (('task_type', 'complexity'), ())
+    """
+    if value is None or value == ():
+        return ()
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or len(value) > 16:
+        raise InvalidFieldError("inferred", f"must be a list of envelope field names, "
+                                f"got {brief(value)}")
+    bad = [v for v in value if not isinstance(v, str) or v not in _INFERABLE]
+    if bad:
+        raise InvalidFieldError("inferred", f"not an envelope field: {brief(bad[0])}")
+    return tuple(dict.fromkeys(value))
+
+
 def _common(
     decision_id: Any, org: Any, task_type: Any, cell: Any, model: Any
 ) -> tuple[str | None, str, str, str, str]:
@@ -332,6 +356,7 @@ def call_event(
     event_id: Any = None,
     ts: Any = None,
     routed: bool = False,
+    inferred: Any = None,
 ) -> CallEvent:
     """A validated ``CallEvent``, or ``InvalidFieldError`` naming the bad field.
 
@@ -380,6 +405,7 @@ def call_event(
         cost_usd=cost,
         error=err,
         local=local is True,
+        inferred=check_inferred(inferred),
     )
 
 

@@ -275,6 +275,7 @@ class Recorder:
             "quality_applied": q,
             "clock": None,
             "feedback_ts": None,
+            "inferred": ",".join(ev.inferred) if ev.inferred else None,
         }
         return u, row
 

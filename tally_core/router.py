@@ -653,6 +653,7 @@ class Tally:
         model: str | None = None,
         task_type: str | None = None,
         org: str | None = None,
+        inferred: Sequence[str] | None = None,
     ) -> str:
         """Report the outcome of a call. Validates, enqueues, returns at once.
 
@@ -660,11 +661,16 @@ class Tally:
         not route (or an id from another process), pass ``model`` and
         ``task_type`` instead. ``quality`` is 0-1; ``success`` alone counts as
         1 or 0; ``success=False`` with an ``error`` counts as an availability
-        failure (the model was down), not as low quality. Returns the event id.
+        failure (the model was down), not as low quality. ``inferred`` names
+        the envelope fields an adapter inferred from the messages (default:
+        the decision's ``inferred``); the ledger records the names. Returns
+        the event id.
         """
         if self._closed:
             raise ClosedError("this Tally is closed")
         d = self._resolve(decision, model, task_type, org)
+        if inferred is not None:
+            d["inferred"] = inferred
         event = call_event(
             **d,
             quality=quality,
@@ -766,6 +772,7 @@ class Tally:
                 "confidence": d.confidence,
                 "holdout": d.holdout,
                 "envelope": _env_fields(d.envelope),
+                "inferred": d.inferred,
             }
         if model is None or task_type is None:
             raise UnknownDecisionError(
@@ -784,6 +791,7 @@ class Tally:
                 org = row["org"]
         return {
             "routed": False,
+            "inferred": (),
             "decision_id": decision,
             "org": "default" if org is None else check_org(org),
             "task_type": parse_task_type(task_type),
@@ -1239,7 +1247,9 @@ class Tally:
         CI, cost and latency deltas (``tally_core.shadow.shadow_report``)."""
         self._ready_for_reports()
         task = parse_task_type(task_type) if task_type is not None else None
-        return shadow_report(self.ledger.rows(org=org, task_type=task))
+        from tally_core.ledger.query import LedgerQuery
+
+        return shadow_report(self.ledger.rows(LedgerQuery(org=org, task_type=task)))
 
     def add_model(self, model: str | ModelSpec | Mapping[str, Any]) -> None:
         """Add a model to the pool; it starts in calibration."""

@@ -94,7 +94,8 @@ def create_app(data: DashboardData, *, org: str | None = None, refresh_s: float 
         since: str | float | None = q.get("since") or None
         back = RANGES[rng]
         if since is None and back is not None:
-            since = time.time() - back
+            # From the start of the hour: a range on whole hours reads the roll-ups.
+            since = (time.time() - back) // 3600 * 3600
         until = q.get("until") or None
         keep = {"org": wanted, "range": rng, "since": q.get("since"), "until": until}
         query = urlencode({k: v for k, v in keep.items() if v})

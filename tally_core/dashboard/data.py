@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from tally_core import reports
 from tally_core.errors import InvalidFieldError, TallyError
 from tally_core.ledger import COLUMNS, Ledger
+from tally_core.ledger.query import LedgerQuery
 from tally_core.stores.base import StateStore
 from tally_core.stores.readonly import ReadOnlyStore
 
@@ -197,7 +198,7 @@ class DashboardData:
 
     def span(self, org: str | None = None) -> dict[str, Any]:
         """Calls and the last call's time: what auto-refresh polls."""
-        n, lo, hi = self.ledger.span(org=org)
+        n, lo, hi = self.ledger.span(LedgerQuery(org=org))
         return {"calls": n, "first_ts": lo, "last_ts": hi, "version": f"{n}:{hi!r}"}
 
     def orgs(self) -> list[str]:
@@ -206,7 +207,7 @@ class DashboardData:
         with self._lock:
             if self._orgs is not None and self._orgs[0] == (n, hi):
                 return list(self._orgs[1])
-        found = sorted({o for (o,) in self.ledger.select(("org",))})
+        found = self.ledger.distinct("org")
         with self._lock:
             self._orgs = ((n, hi), found)
         return found
@@ -214,13 +215,14 @@ class DashboardData:
     def menus(self, org: str | None) -> Menus:
         """The org's task types and models, for the call log's filters (cached
         until the org's ledger changes)."""
-        n, _, hi = self.ledger.span(org=org)
+        q = LedgerQuery(org=org)
+        n, _, hi = self.ledger.span(q)
         with self._lock:
             hit = self._menus.get(org)
             if hit is not None and hit[0] == (n, hi):
                 return hit[1]
-        models = sorted(self.ledger.model_summary(org=org))
-        tasks = sorted({t for (t,) in self.ledger.select(("task_type",), org=org)})
+        models = sorted(self.ledger.model_summary(q))
+        tasks = self.ledger.distinct("task_type", q)
         menus = Menus(tasks, models)
         with self._lock:
             self._menus[org] = ((n, hi), menus)
@@ -262,7 +264,7 @@ class DashboardData:
         slugs_at = _NAMES.index("slugs")
         total = 0
         seen: dict[str, int] = {}  # raw slug lists (JSON text) -> calls: few distinct ones
-        for raw in self.ledger.select(_NAMES, **sel):
+        for raw in self.ledger.select(_NAMES, sel):
             if f.phase is not None and raw[phase_at] != f.phase:
                 continue
             if f.errors_only and raw[error_at] is None:
@@ -316,10 +318,7 @@ class DashboardData:
 
     def floor_of(self, task_type: str, org: str) -> float | None:
         """The quality floor most calls of this task type asked for (None: parity)."""
-        counts: dict[float, int] = {}
-        for (fl,) in self.ledger.select(("quality_floor",), org=org, task_type=task_type):
-            if fl is not None:
-                counts[fl] = counts.get(fl, 0) + 1
+        counts = self.ledger.floors(LedgerQuery(org=org, task_type=task_type))
         return max(counts, key=lambda k: (counts[k], k)) if counts else None
 
     def _pool(self) -> tuple[list[Any], str | None]:
@@ -381,16 +380,11 @@ class DashboardData:
             return self._tally
 
 
-def _slice(f: CallFilter) -> dict[str, Any]:
+def _slice(f: CallFilter) -> LedgerQuery:
     """The ledger's own filters, validated as the reports API validates them."""
-    from tally_core.envelope import parse_task_type
-
-    lo = reports.parse_time(f.since, field="since")
-    hi = reports.parse_time(f.until, field="until", end=True)
-    if lo is not None and hi is not None and hi <= lo:
-        raise InvalidFieldError("until", "must be after since")
-    tt = None if f.task_type is None else parse_task_type(f.task_type)
-    return {"since": lo, "until": hi, "org": f.org, "task_type": tt, "model": f.model}
+    return LedgerQuery.parse(
+        since=f.since, until=f.until, org=f.org, task_type=f.task_type, model=f.model
+    )
 
 
 def _decode(raw: Sequence[Any]) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 ``Ledger`` is the SQLite ledger and the interface every reader (reports,
 savings, export, the dashboard) is written against; ``PostgresLedger`` is a
 ``Ledger`` whose rows live in a PostgreSQL database that every replica
-writes. ``open_ledger`` picks one from where the ledger lives.
+writes. Both keep hourly roll-ups on append (``_rollups``) for reports at
+scale; readers take a ``LedgerQuery``. ``open_ledger`` picks one from where the ledger lives.
 
 >>> open_ledger(":memory:").count()
 0
@@ -13,13 +14,16 @@ from __future__ import annotations
 
 import os
 
-from tally_core.ledger._rows import COLUMNS, ENVELOPE_COLUMNS, PriceRecord
+from tally_core.ledger._rows import COLUMNS, ENVELOPE_COLUMNS, SCHEMA_VERSION, PriceRecord
+from tally_core.ledger.query import LedgerQuery
 from tally_core.ledger.sqlite import Ledger
 
 __all__ = [
     "COLUMNS",
     "ENVELOPE_COLUMNS",
+    "SCHEMA_VERSION",
     "Ledger",
+    "LedgerQuery",
     "PriceRecord",
     "copy_ledger",
     "is_postgres_url",

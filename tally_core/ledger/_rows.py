@@ -1,12 +1,10 @@
-"""What a ledger row is, whatever the engine: the columns, their encoding, the filters.
+"""What a ledger row is, whatever the engine: the columns and their encoding.
 
 Shared by the SQLite and the PostgreSQL ledger, so both store and return the
 same row: JSON for the list columns (``tags``, ``slugs``), 0/1 for booleans.
 
 >>> decode_row(encode_row({"event_id": "e", "slugs": ["x"], "holdout": True}))["slugs"]
 ['x']
->>> filters(1.0, None, "acme", None, None, mark="%s")
-(['ts >= %s', 'org = %s'], [1.0, 'acme'])
 """
 
 from __future__ import annotations
@@ -21,11 +19,11 @@ __all__ = [
     "ENVELOPE_COLUMNS",
     "JSON_COLS",
     "NAMES",
+    "SCHEMA_VERSION",
     "PriceRecord",
     "decode_row",
     "encode_row",
     "encode_value",
-    "filters",
     "same_price",
 ]
 
@@ -59,7 +57,14 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("quality_applied", "REAL"),
     ("clock", "REAL"),
     ("feedback_ts", "REAL"),
+    # Envelope fields an adapter inferred from the messages, e.g. "task_type,complexity"
+    # (names only, never any text); NULL when the caller gave every field.
+    ("inferred", "TEXT"),
 )
+#: The ledger schema this code writes (``tally_ledger_schema`` records the
+#: steps applied): 1 the calls, prices and rejected tables; 2 the
+#: ``inferred`` column; 3 the hourly roll-ups.
+SCHEMA_VERSION = 3
 NAMES = tuple(c for c, _ in COLUMNS)
 #: The envelope's columns, for rows of calls that had none.
 ENVELOPE_COLUMNS = (
@@ -98,31 +103,6 @@ def encode_row(row: dict[str, Any]) -> list[Any]:
         if values[i] is True or values[i] is False:
             values[i] = int(values[i])
     return values
-
-
-def filters(
-    since: float | None,
-    until: float | None,
-    org: str | None,
-    task_type: str | None,
-    model: str | None,
-    *,
-    mark: str = "?",
-) -> tuple[list[str], list[Any]]:
-    """SQL conditions and their arguments for the usual report filters."""
-    where: list[str] = []
-    args: list[Any] = []
-    if since is not None:
-        where.append(f"ts >= {mark}")
-        args.append(since)
-    if until is not None:
-        where.append(f"ts < {mark}")
-        args.append(until)
-    for name, value in (("org", org), ("task_type", task_type), ("model", model)):
-        if value is not None:
-            where.append(f"{name} = {mark}")
-            args.append(value)
-    return where, args
 
 
 def same_price(a: float | None, b: float) -> bool:

@@ -25,18 +25,20 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tally_core._brief import cut
 from tally_core.errors import StoreError
+from tally_core.ledger import _rollups
 from tally_core.ledger._rollouts import ROLLOUT_NAMES as _ROLLOUT_NAMES
 from tally_core.ledger._rollouts import rollout_ddl, rollout_filters, rollout_values
 from tally_core.ledger._rows import (
     COLUMNS,
     NAMES,
+    SCHEMA_VERSION,
     PriceRecord,
     decode_row,
     encode_row,
     encode_value,
-    filters,
     same_price,
 )
+from tally_core.ledger.query import LedgerQuery
 from tally_core.ledger.sqlite import Ledger
 
 if TYPE_CHECKING:
@@ -44,8 +46,6 @@ if TYPE_CHECKING:
 
 __all__ = ["SCHEMA_VERSION", "PostgresLedger", "redact_url"]
 
-#: The schema this code writes; a database at a newer version is refused.
-SCHEMA_VERSION = 1
 # SQLite's affinities, in PostgreSQL's words (REAL there is 4 bytes: too few).
 _TYPES = {"REAL": "DOUBLE PRECISION", "INTEGER": "BIGINT"}
 # One advisory lock id for "creating Tally's schema", so replicas that start
@@ -80,10 +80,12 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+def _pg_type(t: str) -> str:
+    return " ".join(_TYPES.get(w, w) for w in t.split())
+
+
 def _schema() -> list[str]:
-    cols = ", ".join(
-        f"{c} {' '.join(_TYPES.get(w, w) for w in t.split())}" for c, t in COLUMNS
-    )
+    cols = ", ".join(f"{c} {_pg_type(t)}" for c, t in COLUMNS)
     return [
         "CREATE TABLE IF NOT EXISTS tally_ledger_schema "
         "(version INTEGER NOT NULL, applied_at DOUBLE PRECISION NOT NULL)",
@@ -118,6 +120,39 @@ _MERGE = (
     f"INSERT INTO calls ({', '.join(NAMES)}) SELECT {', '.join(NAMES)} FROM tally_batch "
     "ORDER BY n ON CONFLICT (event_id) DO NOTHING"
 )
+# The merge, and the roll-ups of the rows it inserted (RETURNING names only
+# those: a known event id returns nothing), in one statement.
+_MERGE_ROLLUP = (
+    f"WITH ins AS ({_MERGE} RETURNING *), "
+    f"{_rollups.source_ctes('postgres', 'ins')}, "
+    f"h AS ({_rollups.hour_insert('postgres')}), "
+    f"d AS ({_rollups.detail_insert('postgres')}) "
+    "SELECT COUNT(*) FROM ins"
+)
+
+
+def _add_rollups(cur: psycopg.Cursor[Any], source: str, args: Sequence[Any]) -> None:
+    ctes = _rollups.source_ctes("postgres", source)
+    cur.execute(f"WITH {ctes} {_rollups.hour_insert('postgres')}", tuple(args))
+    cur.execute(f"WITH {ctes} {_rollups.detail_insert('postgres')}", tuple(args))
+
+
+def _step_inferred(cur: psycopg.Cursor[Any]) -> None:
+    # Step 2: which envelope fields were inferred (a ledger created since has it).
+    cur.execute("ALTER TABLE calls ADD COLUMN IF NOT EXISTS inferred TEXT")
+
+
+def _step_rollups(cur: psycopg.Cursor[Any]) -> None:
+    # Step 3: the hourly roll-ups, built from the rows already there.
+    for stmt in _rollups.ddl("postgres"):
+        cur.execute(stmt)
+    cur.execute("DELETE FROM rollup_hour")
+    cur.execute("DELETE FROM rollup_detail")
+    _add_rollups(cur, "calls", ())
+
+
+# (version, step): each brings a ledger from the version before to this one.
+_STEPS = ((2, _step_inferred), (3, _step_rollups))
 
 
 class PostgresLedger(Ledger):
@@ -142,6 +177,8 @@ class PostgresLedger(Ledger):
         self.path = redact_url(url)
         self.readonly = readonly
         self._has_prices = True
+        self._columns = frozenset(NAMES)
+        self._rollups = True
         self._timeout = max(1, round(connect_timeout_s))
         self._lock = threading.Lock()
         self._pid = os.getpid()
@@ -156,23 +193,44 @@ class PostgresLedger(Ledger):
                 found = conn.execute("SELECT to_regclass('calls') IS NOT NULL").fetchone()
                 if not (found and found[0]):
                     raise StoreError(f"{self.path} is not a Tally ledger (no calls table)")
-                return
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                for stmt in _schema():
-                    conn.execute(stmt)
+                # An older ledger read as it is (see ``Ledger``).
+                self._columns = frozenset(
+                    r[0] for r in conn.execute(
+                        "SELECT column_name FROM information_schema.columns "
+                        "WHERE table_name = 'calls' AND table_schema = current_schema()"
+                    )
+                )
                 row = conn.execute("SELECT MAX(version) FROM tally_ledger_schema").fetchone()
+                self._rollups = bool(row and row[0] and row[0] >= 3)
+                return
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                fresh = not (cur.execute("SELECT to_regclass('calls') IS NOT NULL")
+                             .fetchone() or (False,))[0]
+                for stmt in _schema():
+                    cur.execute(stmt)
+                row = cur.execute("SELECT MAX(version) FROM tally_ledger_schema").fetchone()
                 have = row[0] if row else None
                 if have is None:
-                    conn.execute(
-                        "INSERT INTO tally_ledger_schema VALUES (%s, %s)",
-                        (SCHEMA_VERSION, time.time()),
+                    have = SCHEMA_VERSION if fresh else 1
+                    if fresh:
+                        for stmt in _rollups.ddl("postgres"):
+                            cur.execute(stmt)
+                    cur.execute(
+                        "INSERT INTO tally_ledger_schema VALUES (%s, %s)", (have, time.time())
                     )
                 elif have > SCHEMA_VERSION:
                     raise StoreError(
                         f"the ledger at {self.path} has schema version {have}; this Tally "
                         f"knows up to {SCHEMA_VERSION}: upgrade tally-router"
                     )
+                for version, step in _STEPS:
+                    if have < version:
+                        step(cur)
+                        cur.execute(
+                            "INSERT INTO tally_ledger_schema VALUES (%s, %s)",
+                            (version, time.time()),
+                        )
 
     # -- the connection --------------------------------------------------------
 
@@ -252,16 +310,20 @@ class PostgresLedger(Ledger):
                 self._staged = None
             # One row PostgreSQL cannot hold: redo them one by one, each in
             # a savepoint, leaving out only the bad ones.
-            new = 0
+            new: list[str] = []
             with conn.transaction(), conn.cursor() as cur:
                 for i, v in zip(at, values, strict=True):
                     try:
                         with conn.transaction():
                             cur.execute(_INSERT, v)
-                            new += max(cur.rowcount, 0)
+                            if cur.rowcount > 0:
+                                new.append(v[0])
                     except row_errors as exc:
                         rejected.append((i, f"{type(exc).__name__}: {cut(str(exc))}"))
-            return new, sorted(rejected)
+                if new:
+                    _add_rollups(cur, "(SELECT * FROM calls WHERE event_id = ANY(%s)) AS c",
+                                 (new,))
+            return len(new), sorted(rejected)
 
     def _copy_in(self, conn: psycopg.Connection[Any], cur: psycopg.Cursor[Any],
                  values: list[list[Any]]) -> int:
@@ -274,8 +336,8 @@ class PostgresLedger(Ledger):
         with cur.copy(_COPY) as copy:
             for n, v in enumerate(values):
                 copy.write_row((n, *v))
-        cur.execute(_MERGE)
-        return max(cur.rowcount, 0)
+        row = cur.execute(_MERGE_ROLLUP).fetchone()
+        return int(row[0]) if row else 0
 
     def record_rejected(
         self, rows: Iterable[tuple[float | None, str | None, str | None, str, str]]
@@ -331,14 +393,22 @@ class PostgresLedger(Ledger):
         self, decision_id: str, quality: float, slugs: Sequence[str] | None, ts: float
     ) -> None:
         """Record late quality for a decision's call."""
-        with self._use() as conn:
-            conn.execute(
+        with self._use() as conn, conn.transaction(), conn.cursor() as cur:
+            row = cur.execute(
+                f"SELECT seq, {', '.join(_rollups.FEEDBACK_COLS)} FROM calls "
+                "WHERE decision_id = %s ORDER BY ts DESC, seq DESC LIMIT 1 FOR UPDATE",
+                (decision_id,),
+            ).fetchone()
+            if row is None:
+                return
+            cur.execute(
                 "UPDATE calls SET quality = %s, quality_applied = %s, "
-                "slugs = COALESCE(%s, slugs), feedback_ts = %s "
-                "WHERE seq = (SELECT seq FROM calls WHERE decision_id = %s "
-                "ORDER BY ts DESC, seq DESC LIMIT 1)",
-                (quality, quality, encode_value("slugs", slugs), ts, decision_id),
+                "slugs = COALESCE(%s, slugs), feedback_ts = %s WHERE seq = %s",
+                (quality, quality, encode_value("slugs", slugs), ts, row[0]),
             )
+            if self._rollups:
+                for sql, args in _rollups.feedback_updates("%s", row[1:], quality):
+                    cur.execute(sql, args)
 
     def record_prices(self, rows: Iterable[tuple[float, str, float, float, str]]) -> None:
         """Remember a price change (ts, model, input, output, source)."""
@@ -416,24 +486,16 @@ class PostgresLedger(Ledger):
     def select(
         self,
         columns: Sequence[str],
+        query: LedgerQuery | None = None,
         *,
-        since: float | None = None,
-        until: float | None = None,
-        org: str | None = None,
-        task_type: str | None = None,
-        model: str | None = None,
         batch_size: int = 1000,
     ) -> Iterator[tuple[Any, ...]]:
         """Raw values of ``columns`` (JSON columns undecoded), in time order,
         paged by (ts, seq) on the ``calls_ts`` index; the lock is released
         between pages."""
-        bad = [c for c in columns if c not in NAMES]
-        if bad:
-            raise ValueError(f"unknown ledger columns: {bad}")
-        where, args = filters(since, until, org, task_type, model, mark="%s")
-        head = f"SELECT seq, ts, {', '.join(columns)} FROM calls" if columns else (
-            "SELECT seq, ts FROM calls"
-        )
+        cols = self._cols(columns)
+        where, args = (query or LedgerQuery()).where(mark="%s")
+        head = f"SELECT seq, ts, {cols} FROM calls" if columns else "SELECT seq, ts FROM calls"
         last: tuple[float, int] | None = None
         while True:
             cond = list(where)
@@ -443,62 +505,18 @@ class PostgresLedger(Ledger):
                 params += [last[0], last[1]]
             sql = head + (" WHERE " + " AND ".join(cond) if cond else "")
             sql += " ORDER BY ts, seq LIMIT %s"
-            with self._use() as conn:
-                batch = conn.execute(sql, (*params, batch_size)).fetchall()
+            batch = self._fetch(sql, (*params, batch_size))
             for row in batch:
                 yield tuple(row[2:])
             if len(batch) < batch_size:
                 return
             last = (batch[-1][1], batch[-1][0])
 
-    def models(self) -> list[str]:
-        """Every model the ledger has a call or a price for, sorted."""
-        with self._use() as conn:
-            rows = conn.execute(
-                "SELECT DISTINCT model FROM calls UNION SELECT DISTINCT model FROM prices"
-            ).fetchall()
-        return sorted(r[0] for r in rows if r[0] is not None)
+    _mark = "%s"
 
-    def model_summary(
-        self,
-        *,
-        since: float | None = None,
-        until: float | None = None,
-        org: str | None = None,
-        task_type: str | None = None,
-    ) -> dict[str, tuple[int, int, float | None]]:
-        """Per model: (calls, holdout calls, highest input + output price per M
-        tokens recorded on its calls), for the rows matching the filters."""
-        where, args = filters(since, until, org, task_type, None, mark="%s")
-        sql = (
-            "SELECT model, COUNT(*), SUM(CASE WHEN holdout <> 0 THEN 1 ELSE 0 END), "
-            "MAX(input_cost_per_mtok + output_cost_per_mtok) FROM calls"
-        )
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+    def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._use() as conn:
-            rows = conn.execute(sql + " GROUP BY model", args).fetchall()
-        return {m: (int(n), int(h or 0), p) for m, n, h, p in rows}
-
-    def span(
-        self,
-        *,
-        since: float | None = None,
-        until: float | None = None,
-        org: str | None = None,
-        task_type: str | None = None,
-        model: str | None = None,
-    ) -> tuple[int, float | None, float | None]:
-        """(rows, first ts, last ts) matching the filters."""
-        where, args = filters(since, until, org, task_type, model, mark="%s")
-        sql = "SELECT COUNT(*), MIN(ts), MAX(ts) FROM calls"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        with self._use() as conn:
-            row = conn.execute(sql, args).fetchone()
-        assert row is not None  # an aggregate always returns a row
-        n, lo, hi = row
-        return int(n), lo, hi
+            return conn.execute(sql, tuple(args)).fetchall()
 
     def close(self) -> None:
         with self._lock:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -21,19 +22,21 @@ from typing import Any
 
 from tally_core._brief import cut
 from tally_core.errors import StoreError
+from tally_core.ledger import _rollups
 from tally_core.ledger._rollouts import ROLLOUT_NAMES as _ROLLOUT_NAMES
 from tally_core.ledger._rollouts import rollout_ddl, rollout_filters, rollout_values
 from tally_core.ledger._rows import (
     COLUMNS,
     ENVELOPE_COLUMNS,
     NAMES,
+    SCHEMA_VERSION,
     PriceRecord,
     decode_row,
     encode_row,
     encode_value,
-    filters,
     same_price,
 )
+from tally_core.ledger.query import HOUR, LedgerQuery
 
 __all__ = ["COLUMNS", "ENVELOPE_COLUMNS", "Ledger", "PriceRecord"]
 
@@ -47,6 +50,15 @@ _ROW_ERRORS = (
     sqlite3.IntegrityError,
     sqlite3.ProgrammingError,
 )
+_ALL = LedgerQuery()
+_REPORT_AGG = {"first_ts": "MIN", "lat_min": "MIN", "last_ts": "MAX", "lat_max": "MAX",
+               "cost_usd": "SUM", "quality_sum": "SUM"}
+
+
+def _isum(col: str) -> str:
+    # PostgreSQL sums integers as NUMERIC (Decimal in Python): keep them integers.
+    return f"CAST(SUM({col}) AS BIGINT)"
+
 _ABANDONED: list[sqlite3.Connection] = []  # inherited across fork: kept, never closed
 log = logging.getLogger("tally.ledger")
 
@@ -69,6 +81,8 @@ class Ledger:
         self.path = str(path)
         self.readonly = readonly
         self._has_prices = True
+        self._columns = frozenset(NAMES)
+        self._rollups = True  # the roll-up tables exist and are kept
         self._lock = threading.Lock()
         self._pid = os.getpid()
         if hasattr(os, "register_at_fork"):
@@ -83,23 +97,61 @@ class Ledger:
                 Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
                 self.path = str(Path(self.path).expanduser())
             self._db = self._connect()
-            cols = ", ".join(f"{c} {t}" for c, t in COLUMNS)
-            self._db.execute(f"CREATE TABLE IF NOT EXISTS calls ({cols})")
-            self._db.execute("CREATE INDEX IF NOT EXISTS calls_decision ON calls(decision_id)")
-            self._db.execute("CREATE INDEX IF NOT EXISTS calls_ts ON calls(ts)")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS prices (ts REAL, model TEXT, "
-                "input_cost_per_mtok REAL, output_cost_per_mtok REAL, source TEXT)"
-            )
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS rejected (ts REAL, event_id TEXT, "
-                "decision_id TEXT, field TEXT, reason TEXT)"
-            )
-            for stmt in rollout_ddl():  # migration: rollout transitions (additive)
-                self._db.execute(stmt)
+            self._migrate()
         except sqlite3.Error as exc:
+            if hasattr(self, "_db"):
+                self._rollback()
             raise StoreError(f"cannot open ledger at {self.path}: {exc}") from exc
         self._closed = False
+
+    def _migrate(self) -> None:
+        """Create the schema, or bring an older ledger's up to ``SCHEMA_VERSION``
+        one small step at a time (each step and its version row in one
+        transaction, so processes opening the ledger together apply it once)."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        cols = ", ".join(f"{c} {t}" for c, t in COLUMNS)
+        fresh = not db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'calls'"
+        ).fetchone()
+        db.execute(f"CREATE TABLE IF NOT EXISTS calls ({cols})")
+        db.execute("CREATE INDEX IF NOT EXISTS calls_decision ON calls(decision_id)")
+        db.execute("CREATE INDEX IF NOT EXISTS calls_ts ON calls(ts)")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS prices (ts REAL, model TEXT, "
+            "input_cost_per_mtok REAL, output_cost_per_mtok REAL, source TEXT)"
+        )
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS rejected (ts REAL, event_id TEXT, "
+            "decision_id TEXT, field TEXT, reason TEXT)"
+        )
+        for stmt in rollout_ddl():  # rollout transitions (additive, IF NOT EXISTS)
+            db.execute(stmt)
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS tally_ledger_schema (version INTEGER NOT NULL, "
+            "applied_at REAL NOT NULL)"
+        )
+        have = db.execute("SELECT MAX(version) FROM tally_ledger_schema").fetchone()[0]
+        if have is None:
+            # A ledger from before the version table is at version 1.
+            have = SCHEMA_VERSION if fresh else 1
+            if fresh:
+                for stmt in _rollups.ddl("sqlite"):
+                    db.execute(stmt)
+            db.execute("INSERT INTO tally_ledger_schema VALUES (?, ?)", (have, time.time()))
+        if have > SCHEMA_VERSION:
+            db.execute("ROLLBACK")
+            raise StoreError(
+                f"the ledger at {self.path} has schema version {have}; this Tally knows up "
+                f"to {SCHEMA_VERSION}: upgrade tally-router"
+            )
+        for version, step in _STEPS:
+            if have < version:
+                step(db)
+                db.execute(
+                    "INSERT INTO tally_ledger_schema VALUES (?, ?)", (version, time.time())
+                )
+        db.execute("COMMIT")
 
     def _connect(self) -> sqlite3.Connection:
         if self.readonly:
@@ -135,6 +187,13 @@ class Ledger:
             self._db.close()
             raise StoreError(f"{self.path} is not a Tally ledger (no calls table)")
         self._has_prices = "prices" in tables
+        # An older ledger read as it is: columns it lacks read as NULL, and
+        # without roll-ups every report reads rows.
+        self._columns = frozenset(r[1] for r in self._db.execute("PRAGMA table_info(calls)"))
+        version = 1
+        if "tally_ledger_schema" in tables:
+            version = self._db.execute("SELECT MAX(version) FROM tally_ledger_schema").fetchone()[0]
+        self._rollups = (version or 1) >= 3 and "rollup_hour" in tables
 
     def append(self, rows: Sequence[dict[str, Any]]) -> int:
         """Insert rows (a missing column is NULL); a known ``event_id`` is skipped.
@@ -169,24 +228,35 @@ class Ledger:
                 rejected.append((i, f"{type(exc).__name__}: {cut(str(exc))}"))
         with self._lock:
             self._check_pid()
+            db = self._db
             try:
-                before = self._db.total_changes
-                self._db.execute("BEGIN")
+                # IMMEDIATE: the write lock from the start, so the rows after
+                # ``last`` are this transaction's own.
+                db.execute("BEGIN IMMEDIATE")
+                last = db.execute("SELECT COALESCE(MAX(rowid), 0) FROM calls").fetchone()[0]
+                before = db.total_changes
                 try:
-                    self._db.executemany(sql, values)
+                    db.executemany(sql, values)
                 except _ROW_ERRORS:
                     # One row SQLite cannot hold: redo them one by one in the
                     # same transaction, leaving out only the bad ones.
-                    self._db.execute("ROLLBACK")
-                    before = self._db.total_changes
-                    self._db.execute("BEGIN")
+                    db.execute("ROLLBACK")
+                    db.execute("BEGIN IMMEDIATE")
+                    # Another process may have written between the two transactions.
+                    last = db.execute("SELECT COALESCE(MAX(rowid), 0) FROM calls").fetchone()[0]
+                    before = db.total_changes
                     for i, v in zip(at, values, strict=True):
                         try:
-                            self._db.execute(sql, v)
+                            db.execute(sql, v)
                         except _ROW_ERRORS as exc:
                             rejected.append((i, f"{type(exc).__name__}: {cut(str(exc))}"))
-                self._db.execute("COMMIT")
-                return self._db.total_changes - before, sorted(rejected)
+                new = db.total_changes - before
+                if new and self._rollups:
+                    # Only the rows inserted (a known event id inserted none).
+                    _add_rollups(db, "(SELECT rowid AS seq, * FROM calls WHERE rowid > ?) AS c",
+                                 (last,))
+                db.execute("COMMIT")
+                return new, sorted(rejected)
             except BaseException as exc:
                 # Whatever failed, close the transaction: an open one would
                 # make every later write fail.
@@ -299,15 +369,26 @@ class Ledger:
         """Record late quality for a decision's call."""
         with self._lock:
             self._check_pid()
+            db = self._db
             try:
-                self._db.execute(
-                    "UPDATE calls SET quality = ?, quality_applied = ?, "
-                    "slugs = COALESCE(?, slugs), feedback_ts = ? "
-                    "WHERE rowid = (SELECT rowid FROM calls WHERE decision_id = ? "
-                    "ORDER BY ts DESC LIMIT 1)",
-                    (quality, quality, encode_value("slugs", slugs), ts, decision_id),
-                )
+                db.execute("BEGIN IMMEDIATE")
+                row = db.execute(
+                    f"SELECT rowid, {', '.join(_rollups.FEEDBACK_COLS)} FROM calls "
+                    "WHERE decision_id = ? ORDER BY ts DESC LIMIT 1",
+                    (decision_id,),
+                ).fetchone()
+                if row is not None:
+                    db.execute(
+                        "UPDATE calls SET quality = ?, quality_applied = ?, "
+                        "slugs = COALESCE(?, slugs), feedback_ts = ? WHERE rowid = ?",
+                        (quality, quality, encode_value("slugs", slugs), ts, row[0]),
+                    )
+                    if self._rollups:
+                        for sql, args in _rollups.feedback_updates("?", row[1:], quality):
+                            db.execute(sql, args)
+                db.execute("COMMIT")
             except sqlite3.Error as exc:
+                self._rollback()
                 raise StoreError(f"ledger write failed: {exc}") from exc
 
     def record_prices(self, rows: Iterable[tuple[float, str, float, float, str]]) -> None:
@@ -391,36 +472,24 @@ class Ledger:
         return history[max(i - 1, 0)]
 
     def rows(
-        self,
-        *,
-        since: float | None = None,
-        until: float | None = None,
-        org: str | None = None,
-        task_type: str | None = None,
-        model: str | None = None,
-        batch_size: int = 1000,
+        self, query: LedgerQuery | None = None, *, batch_size: int = 1000
     ) -> Iterator[dict[str, Any]]:
         """Rows in time order, filtered; streamed in batches so any size fits."""
-        for row in self.select(
-            NAMES,
-            since=since,
-            until=until,
-            org=org,
-            task_type=task_type,
-            model=model,
-            batch_size=batch_size,
-        ):
+        for row in self.select(NAMES, query, batch_size=batch_size):
             yield decode_row(row)
+
+    def _cols(self, columns: Sequence[str]) -> str:
+        bad = [c for c in columns if c not in NAMES]
+        if bad:
+            raise ValueError(f"unknown ledger columns: {bad}")
+        # A column an older (read-only) ledger lacks reads as NULL.
+        return ", ".join(c if c in self._columns else f"NULL AS {c}" for c in columns)
 
     def select(
         self,
         columns: Sequence[str],
+        query: LedgerQuery | None = None,
         *,
-        since: float | None = None,
-        until: float | None = None,
-        org: str | None = None,
-        task_type: str | None = None,
-        model: str | None = None,
         batch_size: int = 1000,
     ) -> Iterator[tuple[Any, ...]]:
         """Raw values of ``columns`` (JSON columns undecoded), in time order.
@@ -428,17 +497,9 @@ class Ledger:
         Pages by (ts, rowid), not OFFSET, so reading a million rows stays
         linear; the lock is released between pages, so writers are not held up.
         """
-        bad = [c for c in columns if c not in NAMES]
-        if bad:
-            raise ValueError(f"unknown ledger columns: {bad}")
-        where, args = filters(since, until, org, task_type, model)
-        head = f"SELECT rowid, {', '.join(columns)} FROM calls"
-        order = " ORDER BY ts, rowid LIMIT ?"
-        ts_at = list(columns).index("ts") + 1 if "ts" in columns else None
-        if ts_at is None:
-            head = f"SELECT rowid, {', '.join(columns)}, ts FROM calls"
-            ts_at = len(columns) + 1
-        width = len(columns) + 1
+        cols = self._cols(columns)
+        where, args = (query or _ALL).where()
+        head = f"SELECT rowid, ts, {cols} FROM calls"
         last: tuple[float, int] | None = None
         while True:
             cond = list(where)
@@ -447,80 +508,246 @@ class Ledger:
                 # Written so SQLite searches the ts index instead of scanning.
                 cond.append("ts >= ? AND (ts > ? OR rowid > ?)")
                 params += [last[0], last[0], last[1]]
-            sql = head + (" WHERE " + " AND ".join(cond) if cond else "") + order
-            with self._lock:
-                self._check_pid()
-                batch = self._db.execute(sql, (*params, batch_size)).fetchall()
+            sql = head + (" WHERE " + " AND ".join(cond) if cond else "")
+            sql += " ORDER BY ts, rowid LIMIT ?"
+            batch = self._fetch(sql, (*params, batch_size))
             for row in batch:
-                yield tuple(row[1:width])
+                yield tuple(row[2:])
             if len(batch) < batch_size:
                 return
-            last = (batch[-1][ts_at], batch[-1][0])
+            last = (batch[-1][1], batch[-1][0])
+
+    # -- aggregates, shared by both engines (``_mark`` and ``_fetch`` differ) --
+
+    _mark = "?"
+
+    def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            self._check_pid()
+            return self._db.execute(sql, tuple(args)).fetchall()
+
+    def uses_rollups(self, query: LedgerQuery | None = None) -> bool:
+        """Whether the hourly roll-ups can answer ``query``: the ledger keeps
+        them (an older ledger opened read-only may not) and its time range
+        falls on whole hours (UTC)."""
+        return self._rollups and (query or _ALL).hourly
+
+    def _where(self, query: LedgerQuery | None, rollup: bool) -> tuple[str, list[Any]]:
+        cond, args = (query or _ALL).where(mark=self._mark, ts="hour" if rollup else "ts")
+        return (" WHERE " + " AND ".join(cond) if cond else ""), args
 
     def models(self) -> list[str]:
         """Every model the ledger has a call or a price for, sorted."""
         sql = "SELECT DISTINCT model FROM calls"
         if self._has_prices:
             sql += " UNION SELECT DISTINCT model FROM prices"
-        with self._lock:
-            self._check_pid()
-            return sorted(r[0] for r in self._db.execute(sql))
+        return sorted(r[0] for r in self._fetch(sql) if r[0] is not None)
 
-    def count(
-        self,
-        *,
-        since: float | None = None,
-        until: float | None = None,
-        org: str | None = None,
-        task_type: str | None = None,
-        model: str | None = None,
-    ) -> int:
-        """Rows matching the filters (every row by default)."""
-        return self.span(since=since, until=until, org=org, task_type=task_type, model=model)[0]
+    def count(self, query: LedgerQuery | None = None) -> int:
+        """Rows matching the query (every row by default)."""
+        return self.span(query)[0]
+
+    def span(self, query: LedgerQuery | None = None) -> tuple[int, float | None, float | None]:
+        """(rows, first ts, last ts) matching the query (from the roll-ups
+        when they can answer it)."""
+        if self.uses_rollups(query):
+            where, args = self._where(query, True)
+            sql = f"SELECT {_isum('calls')}, MIN(first_ts), MAX(last_ts) FROM rollup_hour{where}"
+        else:
+            where, args = self._where(query, False)
+            sql = f"SELECT COUNT(*), MIN(ts), MAX(ts) FROM calls{where}"
+        n, lo, hi = self._fetch(sql, args)[0]
+        return int(n or 0), lo, hi
 
     def model_summary(
-        self,
-        *,
-        since: float | None = None,
-        until: float | None = None,
-        org: str | None = None,
-        task_type: str | None = None,
+        self, query: LedgerQuery | None = None
     ) -> dict[str, tuple[int, int, float | None]]:
         """Per model: (calls, holdout calls, highest input + output price per M
-        tokens recorded on its calls), for the rows matching the filters."""
-        where, args = filters(since, until, org, task_type, None)
-        sql = (
-            "SELECT model, COUNT(*), SUM(CASE WHEN holdout THEN 1 ELSE 0 END), "
-            "MAX(input_cost_per_mtok + output_cost_per_mtok) FROM calls"
-        )
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        with self._lock:
-            self._check_pid()
-            rows = self._db.execute(sql + " GROUP BY model", args).fetchall()
-        return {m: (int(n), int(h or 0), p) for m, n, h, p in rows}
+        tokens recorded on its calls), for the rows matching the query."""
+        if self.uses_rollups(query):
+            where, args = self._where(query, True)
+            sql = (
+                f"SELECT model, {_isum('calls')}, "
+                f"{_isum('CASE WHEN holdout = 1 THEN calls ELSE 0 END')}, "
+                f"MAX(price_max) FROM rollup_detail{where} GROUP BY model"
+            )
+        else:
+            where, args = self._where(query, False)
+            sql = (
+                "SELECT model, COUNT(*), SUM(CASE WHEN holdout <> 0 THEN 1 ELSE 0 END), "
+                f"MAX(input_cost_per_mtok + output_cost_per_mtok) FROM calls{where} "
+                "GROUP BY model"
+            )
+        return {m: (int(n), int(h or 0), p) for m, n, h, p in self._fetch(sql, args)}
 
-    def span(
+    def report_rollup(
+        self, query: LedgerQuery | None, width: int
+    ) -> list[tuple[Any, ...]]:
+        """The hourly roll-ups summed per (bucket start, org, task type, model),
+        buckets ``width`` seconds long (a multiple of an hour): each row is
+        those four then ``_rollups.REPORT``'s figures. ``uses_rollups(query)``
+        must hold."""
+        if not self.uses_rollups(query) or width % HOUR:
+            raise ValueError("the roll-ups cannot answer this query")
+        where, args = self._where(query, True)
+        mod = "%%" if self._mark == "%s" else "%"
+        bucket = "hour" if width == HOUR else (
+            f"(hour - ((hour {mod} {width}) + {width}) {mod} {width})"
+        )
+        sums = ", ".join(
+            f"{_REPORT_AGG[c]}({c})" if c in _REPORT_AGG else _isum(c) for c in _rollups.REPORT
+        )
+        sql = (
+            f"SELECT {bucket} AS b, org, task_type, model, {sums} FROM rollup_hour{where} "
+            "GROUP BY b, org, task_type, model"
+        )
+        return self._fetch(sql, args)
+
+    def savings_rollup(
         self,
-        *,
-        since: float | None = None,
-        until: float | None = None,
-        org: str | None = None,
-        task_type: str | None = None,
-        model: str | None = None,
-    ) -> tuple[int, float | None, float | None]:
-        """(rows, first ts, last ts) matching the filters."""
-        where, args = filters(since, until, org, task_type, model)
-        sql = "SELECT COUNT(*), MIN(ts), MAX(ts) FROM calls"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        with self._lock:
-            self._check_pid()
-            n, lo, hi = self._db.execute(sql, args).fetchone()
-        return int(n), lo, hi
+        query: LedgerQuery | None,
+        schedule: Sequence[tuple[float, float, float]] | None,
+        skip_hours: Sequence[int] = (),
+    ) -> list[tuple[Any, ...]]:
+        """The detail roll-ups summed per (task type, model, holdout, floor),
+        leaving out ``skip_hours``: each row is those four, then calls, cost,
+        input and output tokens, calls with both token counts, the cost of
+        those without, the tokens of those with them priced at ``schedule``
+        (``[(from ts, input, output per M tokens)]`` oldest first: an hour
+        takes the latest price from at or before its start, else the first;
+        0 with no schedule), and the quality moments (n, sum, sum of
+        squares, graded). ``uses_rollups(query)`` must hold."""
+        if not self.uses_rollups(query):
+            raise ValueError("the roll-ups cannot answer this query")
+        m = self._mark
+        where, args = self._where(query, True)
+        if skip_hours:
+            where += (" AND " if where else " WHERE ") + (
+                f"hour NOT IN ({', '.join(m for _ in skip_hours)})"
+            )
+            args += [int(h) for h in skip_hours]
+        priced, pargs = "CAST(0 AS DOUBLE PRECISION)", []
+        if schedule:
+            # The price in force at the hour's start: the latest record at or
+            # before it, else the first record.
+            newest_first = list(reversed(schedule))
+            case = {}
+            for side, at in (("in", 1), ("out", 2)):
+                whens = " ".join(f"WHEN hour >= {m} THEN {m}" for _ in newest_first[:-1])
+                case[side] = f"CASE {whens} ELSE {m} END" if whens else m
+                pargs += [x for r in newest_first[:-1] for x in (r[0], r[at])]
+                pargs.append(newest_first[-1][at])
+            priced = f"SUM(tok_input * {case['in']} + tok_output * {case['out']})"
+        sql = (
+            f"SELECT task_type, model, holdout, qfloor, {_isum('calls')}, SUM(cost_usd), "
+            f"{_isum('input_tokens')}, {_isum('output_tokens')}, {_isum('tok_calls')}, "
+            f"SUM(untok_cost), {priced}, {_isum('q_n')}, SUM(q_sum), SUM(q_ss), "
+            f"{_isum('q_graded')} FROM rollup_detail"
+            f"{where} GROUP BY task_type, model, holdout, qfloor"
+        )
+        return self._fetch(sql, [*pargs, *args])
+
+    def latest_prices(
+        self, query: LedgerQuery | None
+    ) -> dict[tuple[str, str], tuple[float, float]]:
+        """Per (task type, model): the (input, output) price recorded on its
+        latest priced call in the query's range, from the roll-ups."""
+        if not self.uses_rollups(query):
+            raise ValueError("the roll-ups cannot answer this query")
+        where, args = self._where(query, True)
+        cond = f"{where}{' AND' if where else ' WHERE'} price_ts IS NOT NULL"
+        latest = self._fetch(
+            f"SELECT task_type, model, MAX(price_ts) FROM rollup_detail{cond} "
+            "GROUP BY task_type, model",
+            args,
+        )
+        m = self._mark
+        out: dict[tuple[str, str], tuple[float, float]] = {}
+        for tt, model, pts in latest:
+            # The group's row at that time: a point lookup on the key's hour.
+            found = self._fetch(
+                f"SELECT price_in, price_out FROM rollup_detail WHERE hour = {m} AND "
+                f"task_type = {m} AND model = {m} AND price_ts = {m} LIMIT 1",
+                (math.floor(pts / HOUR) * HOUR, tt, model, pts),
+            )
+            if found:
+                out[(tt, model)] = (found[0][0], found[0][1])
+        return out
+
+    def distinct(self, column: str, query: LedgerQuery | None = None) -> list[str]:
+        """The distinct orgs, task types or models of the calls matching the
+        query, sorted (roll-ups when they can answer)."""
+        if column not in ("org", "task_type", "model"):
+            raise ValueError(f"distinct: not a roll-up key: {column!r}")
+        rollup = self.uses_rollups(query)
+        where, args = self._where(query, rollup)
+        table = "rollup_hour" if rollup else "calls"
+        return sorted(r[0] for r in self._fetch(
+            f"SELECT DISTINCT {column} FROM {table}{where}", args))
+
+    def floors(self, query: LedgerQuery | None = None) -> dict[float, int]:
+        """Calls per quality floor asked for (calls without one left out)."""
+        if self.uses_rollups(query):
+            where, args = self._where(query, True)
+            sql = (f"SELECT qfloor, {_isum('calls')} FROM rollup_detail{where} "
+                   "GROUP BY qfloor")
+        else:
+            where, args = self._where(query, False)
+            sql = f"SELECT COALESCE(quality_floor, -1.0), COUNT(*) FROM calls{where} GROUP BY 1"
+        return {float(f): int(k) for f, k in self._fetch(sql, args) if f >= 0.0}
+
+    def task_mix(self, query: LedgerQuery | None = None) -> list[tuple[str, int, int]]:
+        """(task type, calls whose task type was inferred, calls it was given
+        for) matching the query, by task type (roll-ups when they can answer)."""
+        if self.uses_rollups(query):
+            where, args = self._where(query, True)
+            sql = (
+                f"SELECT task_type, {_isum('inferred_calls')}, "
+                f"{_isum('calls - inferred_calls')} FROM rollup_detail{where} "
+                "GROUP BY task_type ORDER BY task_type"
+            )
+        else:
+            where, args = self._where(query, False)
+            flag = "0"
+            if "inferred" in self._columns:
+                dialect = "postgres" if self._mark == "%s" else "sqlite"
+                flag = f"CASE WHEN {_rollups.inferred_task(dialect)} THEN 1 ELSE 0 END"
+            sql = (
+                f"SELECT task_type, SUM({flag}), SUM(1 - {flag}) FROM calls{where} "
+                "GROUP BY task_type ORDER BY task_type"
+            )
+        return [(t, int(a or 0), int(b or 0)) for t, a, b in self._fetch(sql, args)]
 
     def close(self) -> None:
         with self._lock:
             if not self._closed:
                 self._closed = True
                 self._db.close()
+
+
+def _add_rollups(db: sqlite3.Connection, source: str, args: Sequence[Any]) -> None:
+    """Add the calls ``source`` selects to both roll-up tables (in the caller's
+    transaction)."""
+    ctes = _rollups.source_ctes("sqlite", source)
+    db.execute(f"WITH {ctes} {_rollups.hour_insert('sqlite')}", tuple(args))
+    db.execute(f"WITH {ctes} {_rollups.detail_insert('sqlite')}", tuple(args))
+
+
+def _step_inferred(db: sqlite3.Connection) -> None:
+    # Step 2: which envelope fields were inferred (a ledger created since has it).
+    have = {r[1] for r in db.execute("PRAGMA table_info(calls)")}
+    if "inferred" not in have:
+        db.execute("ALTER TABLE calls ADD COLUMN inferred TEXT")
+
+
+def _step_rollups(db: sqlite3.Connection) -> None:
+    # Step 3: the hourly roll-ups, built from the rows already there.
+    for stmt in _rollups.ddl("sqlite"):
+        db.execute(stmt)
+    db.execute("DELETE FROM rollup_hour")
+    db.execute("DELETE FROM rollup_detail")
+    _add_rollups(db, "(SELECT rowid AS seq, * FROM calls) AS c", ())
+
+
+# (version, step): each brings a ledger from the version before to this one.
+_STEPS = ((2, _step_inferred), (3, _step_rollups))

@@ -22,6 +22,7 @@ from tally_core import Tally  # noqa: E402
 from tally_core.eval.sim import load_scenario  # noqa: E402
 from tally_core.home import StoreDir
 from tally_core.ledger import Ledger  # noqa: E402
+from tally_core.ledger.query import LedgerQuery
 from tally_litellm.demo import run_demo  # noqa: E402
 
 SCENARIO = load_scenario("seed-landscape")
@@ -103,7 +104,7 @@ def test_demo_runs_the_workload_through_the_router_and_reports(tmp_path: Path) -
     # Every call reached the store's ledger through the LiteLLM callback,
     # with the scenario's token counts, LiteLLM's price and the scorer's grade.
     ledger = Ledger(StoreDir(store).ledger, readonly=True)
-    rows = list(ledger.rows(org="demo"))
+    rows = list(ledger.rows(LedgerQuery(org="demo")))
     assert ledger.count() == 407
     ledger.close()
     assert len(rows) == 400

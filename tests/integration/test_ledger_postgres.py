@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from conftest import redis_or_skip
-from tally_core import MemoryStore, RedisStore, StoreError, Tally
+from tally_core import MemoryStore, RedisStore, StoreError, Tally, reports
 from tally_core.home import StoreDir
 from tally_core.ledger import Ledger, open_ledger
+from tally_core.ledger.query import LedgerQuery
 from tests.postgres_support import PASSWORD, PostgresServer, free_port, postgres_or_skip
 
 pytestmark = pytest.mark.postgres
@@ -82,26 +83,27 @@ def test_rows_page_in_time_order_through_ties_and_filter(led: Ledger) -> None:
     led.append([row(i, org="acme" if i % 2 else "beta") for i in range(101)])
     ids = [r["event_id"] for r in led.rows(batch_size=7)]  # pages split the ts ties
     assert ids == [f"e{i}" for i in range(101)]
-    assert [r["event_id"] for r in led.rows(org="beta", since=1010.0, until=1013.0)] == [
+    beta = LedgerQuery(org="beta", since=1010.0, until=1013.0)
+    assert [r["event_id"] for r in led.rows(beta)] == [
         "e20", "e22", "e24",
     ]
-    assert led.count(org="acme", model="gpt-4o") == sum(
+    assert led.count(LedgerQuery(org="acme", model="gpt-4o")) == sum(
         1 for i in range(101) if i % 2 and i % 3 == 0
     )
-    assert led.span(task_type="qa-simple") == (101, 1000.0, 1050.0)
-    assert list(led.select(["model", "quality"], until=1001.0)) == [
+    assert led.span(LedgerQuery(task_type="qa-simple")) == (101, 1000.0, 1050.0)
+    assert list(led.select(["model", "quality"], LedgerQuery(until=1001.0))) == [
         ("gpt-4o", 0.5), ("gpt-4o-mini", 0.6),
     ]
 
 
 def test_model_summary_counts_holdout_and_highest_price(led: Ledger) -> None:
     led.append([row(i, input_cost_per_mtok=0.1 * (i % 4)) for i in range(30)])
-    summary = led.model_summary(org="acme")
+    summary = led.model_summary(LedgerQuery(org="acme"))
     big = [i for i in range(30) if i % 3 == 0]
     assert summary["gpt-4o"] == (len(big), sum(1 for i in big if i % 5 == 0),
                                  pytest.approx(0.6 + 0.3))
     assert sum(n for n, _, _ in summary.values()) == 30
-    assert led.model_summary(org="nobody") == {}
+    assert led.model_summary(LedgerQuery(org="nobody")) == {}
 
 
 def test_feedback_updates_the_decisions_latest_call(led: Ledger) -> None:
@@ -145,11 +147,13 @@ def test_schema_is_versioned_and_a_newer_one_is_refused(pg: PostgresServer) -> N
     open_ledger(url).close()
     open_ledger(url).close()  # a second replica starting: no error, one version row
     with psycopg.connect(url, autocommit=True) as conn:
-        assert conn.execute("SELECT version FROM tally_ledger_schema").fetchall() == [(1,)]
+        # A new ledger starts at the current version (no steps to replay).
+        assert conn.execute("SELECT version FROM tally_ledger_schema").fetchall() == [(3,)]
         indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes")}
-        assert {"calls_decision", "calls_ts", "calls_pkey"} <= indexes
-        conn.execute("INSERT INTO tally_ledger_schema VALUES (2, 0)")
-    with pytest.raises(StoreError, match="schema version 2"):
+        assert {"calls_decision", "calls_ts", "calls_pkey", "rollup_hour_pkey",
+                "rollup_detail_pkey"} <= indexes
+        conn.execute("INSERT INTO tally_ledger_schema VALUES (99, 0)")
+    with pytest.raises(StoreError, match="schema version 99"):
         open_ledger(url)
 
 
@@ -290,8 +294,12 @@ def test_four_processes_write_one_ledger_and_one_state(
         assert [p.exitcode for p in procs] == [0, 0, 0, 0]
         led = open_ledger(url, readonly=True)
         try:
+            assert led.uses_rollups()  # count() sums the roll-ups four writers kept
             assert led.count() == 8000
             assert len({r[0] for r in led.select(["event_id"])}) == 8000
+            quality = reports.report(led, by="hour", source="rollups").totals
+            assert (quality.calls, quality.quality_obs) == (8000, 8000)
+            assert quality.input_tokens == 50 * 8000
         finally:
             led.close()
         store = RedisStore(server.url, prefix=prefix, directory=tmp_path / "reader")

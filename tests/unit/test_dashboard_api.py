@@ -23,6 +23,7 @@ from tally_core.cli import app as cli_app  # noqa: E402
 from tally_core.dashboard import check_host, server  # noqa: E402
 from tally_core.dashboard.app import create_app  # noqa: E402
 from tally_core.dashboard.data import DashboardData, as_json  # noqa: E402
+from tally_core.ledger.query import LedgerQuery
 from tests.dashboard_support import ERROR_EVERY, MODELS, START, ledger_fixture, store_fixture  # noqa: E402, F401
 
 
@@ -89,7 +90,7 @@ def test_calls_api_filters_and_pages(
         r["event_id"] for r in everything["rows"][:40]
     ]
     slugs: dict[str, int] = {}
-    for r in ledger.rows(org="acme"):
+    for r in ledger.rows(LedgerQuery(org="acme")):
         for sl in r["slugs"] or []:
             slugs[sl] = slugs.get(sl, 0) + 1
     assert everything["slugs"] == slugs and slugs["incomplete"] > 20
@@ -100,7 +101,8 @@ def test_calls_api_filters_and_pages(
     mini = client.get(
         "/api/calls", params={"org": "acme", "model": "gpt-4o-mini", "phase": "exploit"}
     ).json()
-    n = sum(1 for r in ledger.rows(org="acme", model="gpt-4o-mini") if r["phase"] == "exploit")
+    q = LedgerQuery(org="acme", model="gpt-4o-mini")
+    n = sum(1 for r in ledger.rows(q) if r["phase"] == "exploit")
     assert mini["total"] == n > 0
     assert {(r["model"], r["phase"], r["org"]) for r in mini["rows"]} == {
         ("gpt-4o-mini", "exploit", "acme")

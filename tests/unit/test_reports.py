@@ -17,6 +17,7 @@ from tally_core import catalog as catalog_mod
 from tally_core.eval.sim import TallyRouter, load_scenario, simulate
 from tally_core.home import StoreDir
 from tally_core.ledger import COLUMNS
+from tally_core.ledger.query import LedgerQuery
 
 D = datetime(2025, 6, 1, tzinfo=timezone.utc).timestamp()  # a Sunday, 00:00 UTC
 H = 3600.0
@@ -241,7 +242,7 @@ def test_rows_page_through_equal_timestamps() -> None:
     led = Ledger(":memory:")
     led.append([{**_row(i, D, "o", "qa-simple", "gpt-4o", 1, 1)} for i in range(2345)])
     assert len({r["event_id"] for r in led.rows(batch_size=100)}) == 2345
-    assert led.count(org="o", since=D, until=D + 1) == 2345
+    assert led.count(LedgerQuery(org="o", since=D, until=D + 1)) == 2345
 
 
 # -- savings ------------------------------------------------------------------
