@@ -813,6 +813,8 @@ class RoutingState:
 
     def send(self, attempt: Attempt, outcome: dict[str, Any]) -> None:
         target: Any = attempt.decision if attempt.decision is not None else attempt.decision_id
+        if attempt.inferred and "inferred" not in outcome:
+            outcome = {**outcome, "inferred": attempt.inferred}
         self.tally.telemetry(target, task_type=attempt.task_type, org=attempt.org, **outcome)
 
     # -- names ---------------------------------------------------------------

@@ -50,6 +50,8 @@ def test_calls_without_an_envelope_land_in_task_types_that_learn_separately() ->
         assert seen == {("translation", "translate"): 60, ("code-debug", "debug"): 60}
         by_task = Counter(row["task_type"] for row in rows(tally))
         assert by_task == {"translation": 60, "code-debug": 60}
+        # The ledger says which fields were inferred (names only, never text).
+        assert Counter(row["inferred"] for row in rows(tally)) == {"task_type,complexity": 120}
         mini = {t: next(s for s in tally.stats(t, quality_floor=0.8) if s["model"] == "gpt-4o-mini")
                 for t in ("translation", "code-debug")}
         assert mini["translation"]["mean_quality"] > 0.8
