@@ -756,6 +756,84 @@ def rollouts(
     _console().print(table if rows else "no rollout transitions in this ledger")
 
 
+
+_SHADOW_FIELDS = ("task_type", "candidate", "pairs", "primary_quality", "shadow_quality",
+                  "quality_diff", "ci_low", "ci_high", "primary_cost_usd", "shadow_cost_usd",
+                  "primary_latency_ms", "shadow_latency_ms")
+
+
+@app.command("shadow-report")
+def shadow_report(
+    store: str | None = typer.Option(None, help=_STORE_HELP),
+    since: str | None = typer.Option(None, help=_SINCE_HELP),
+    until: str | None = typer.Option(None, help=_UNTIL_HELP),
+    org: str | None = typer.Option(None, help="Only this org (tenant)."),
+    task_type: str | None = typer.Option(None, help="Only this task type."),
+    candidate: str | None = typer.Option(None, help="Only this shadowed model."),
+    confidence: float = typer.Option(
+        0.95, min=0.5, max=0.999, help="Confidence level of the intervals."
+    ),
+    format: str = typer.Option("table", "--format", "-f", help="table, json or csv."),
+) -> None:
+    """Shadow tests from the ledger: each shadow copy paired with the call it copied.
+
+    Per task type and candidate: the pairs, the paired quality difference
+    (candidate minus the model that served) with its confidence interval, the
+    mean cost per call and the median latency of both. --store is a store
+    directory or a fleet's postgresql:// ledger, as for tally report.
+
+    Examples: tally shadow-report | tally shadow-report --candidate gpt-4.1-mini -f json
+    """
+    from dataclasses import asdict
+
+    from tally_core import reports
+    from tally_core.ledger.query import LedgerQuery
+    from tally_core.shadow import shadow_report as pair_shadows
+
+    fmt = _choice(format, ("table", "json", "csv"))
+    ledger = _open_ledger(store)
+    try:
+        # A shadow and its primary share org and task type, never the model: filter after.
+        q = LedgerQuery.parse(since=since, until=until, org=org, task_type=task_type)
+        pairs = [p for p in pair_shadows(ledger.rows(q), confidence)
+                 if candidate is None or p.candidate == candidate]
+    except TallyError as exc:
+        raise _bad_input(exc) from None
+    finally:
+        ledger.close()
+    if fmt == "json":
+        _print_json([asdict(p) for p in pairs])
+        return
+    if fmt == "csv":
+        sys.stdout.write(reports._csv_text([asdict(p) for p in pairs], _SHADOW_FIELDS))
+        return
+    from rich.table import Table
+
+    console = _console()
+    if not pairs:
+        console.print(f"no shadow calls in {_shown(store)} for this selection")
+        return
+    table = Table(title=f"Shadow tests in {_shown(store)} (candidate vs served)",
+                  title_justify="left")
+    for col, just in (("task type", "left"), ("candidate", "left"), ("pairs", "right"),
+                      ("quality c/s", "right"), ("q diff", "right"),
+                      (f"{confidence:.0%} CI", "right"),
+                      ("cost/call c/s", "right"), ("p50 ms c/s", "right")):
+        table.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
+    for p in pairs:
+        ci = "-" if p.ci_low is None or p.ci_high is None else (
+            f"[{p.ci_low:+.3f}, {p.ci_high:+.3f}]")
+        table.add_row(
+            p.task_type, p.candidate, f"{p.pairs:,}",
+            f"{_num(p.shadow_quality)}/{_num(p.primary_quality)}",
+            _num(p.quality_diff, "+.3f"), ci,
+            f"{_usd(p.shadow_cost_usd)}/{_usd(p.primary_cost_usd)}",
+            f"{_num(p.shadow_latency_ms, '.0f')}/{_num(p.primary_latency_ms, '.0f')}",
+        )
+    console.print(table)
+    console.print("[dim]c/s: the candidate's figure / the served model's, on the same calls. "
+                  "q diff: candidate minus served quality; interval: paired t.[/dim]")
+
 _SAVINGS_CSV = (
     "task_type",
     "calls",
