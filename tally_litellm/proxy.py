@@ -21,6 +21,9 @@ with, for both::
     environment_variables:            # optional
       TALLY_FALLBACK: gpt-4o
       TALLY_HOME: /var/lib/tally
+      # a fleet of proxies: one learned state, one call log
+      TALLY_STORE: redis://cache:6379/0?prefix=prod
+      TALLY_LEDGER: postgresql://tally@db:5432/tally
 
 On the first request the handler builds its ``Tally`` from the proxy's
 router (every deployment whose model has a known price joins the pool),
@@ -42,7 +45,15 @@ the OpenAI SDK: ``extra_body={"metadata": {"tally": {"task_type": "code-debug"}}
 Settings, read on the first request: the constructor's arguments, else the
 environment (``TALLY_FALLBACK``, ``TALLY_TASK_TYPE``, ``TALLY_QUALITY_FLOOR``,
 ``TALLY_MODEL_GROUP``, ``TALLY_ALLOW_CLIENT_ORG``, ``TALLY_INFER=0`` to turn
-off task-type inference; state in ``TALLY_HOME``).
+off task-type inference; state in ``TALLY_HOME``). For several proxies
+behind one load balancer, ``TALLY_STORE`` is the learned state they share
+(a directory, or a ``redis://`` / ``rediss://`` / ``unix://`` URL with
+``?prefix=`` for the deployment's keys, as ``Tally(store=...)`` takes; the
+password may come from ``TALLY_REDIS_PASSWORD``) and ``TALLY_LEDGER`` the
+call log (a SQLite path or a ``postgresql://`` URL, as ``Tally(ledger=...)``
+takes); the spool, and the ledger unless ``TALLY_LEDGER`` names one, stay in
+``TALLY_HOME``. A bad value fails the set-up with an error naming the
+variable (passwords never shown), and LiteLLM routes every call meanwhile.
 For anything else (a scorer, a custom pool) make your own handler in a
 module next to config.yaml::
 
@@ -58,13 +69,18 @@ import os
 import sys
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from litellm.integrations.custom_logger import CustomLogger
 
 from tally_core import Envelope, InvalidFieldError, ModelSpec, Tally
 from tally_core.adapters import OnceLog
+from tally_core.errors import StoreError, TallyError
+from tally_core.ledger import Ledger, is_postgres_url, open_ledger
+from tally_core.ledger.postgres import redact_url
+from tally_core.stores import open_store
 from tally_litellm._deployments import pool_from_router
 from tally_litellm._routing import (
     DECISION_KEY,
@@ -82,8 +98,46 @@ from tally_litellm.strategy import Scorer
 __all__ = ["TallyProxyHandler", "TallyProxyPlugin", "handler"]
 
 _PROXY_MODULE = "litellm.proxy.proxy_server"
+#: The shared learned state and call log of a fleet of proxies.
+STORE_ENV = "TALLY_STORE"
+LEDGER_ENV = "TALLY_LEDGER"
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
+
+
+def _hidden(text: str, value: str) -> str:
+    """``text`` with ``value``'s password, if it has one, masked (a library's
+    message may quote the URL it was given)."""
+    try:
+        secret = urlsplit(value).password if "://" in value else None
+    except ValueError:  # no parsable URL: mask everything between :// and @
+        secret = value.split("://", 1)[1].rpartition("@")[0] or None
+    return text.replace(secret, "***") if secret else text
+
+
+def _open_setting(name: str, value: str, opener: Callable[[str], Any]) -> Any:
+    """``opener(value)`` for the environment variable ``name``; a bad value or an
+    unreachable server raises naming the variable, never showing a password."""
+    try:
+        shown = redact_url(value) if "://" in value else value
+    except ValueError:  # e.g. a port out of range
+        shown = _hidden(value, value)
+    try:
+        return opener(value)
+    except InvalidFieldError as exc:
+        # The value's own fields (prefix, TLS files) keep their names.
+        what = exc.args[1] if exc.field in ("store", "ledger") else str(exc)
+        raise InvalidFieldError(name, _hidden(f"{what} (got {shown})", value)) from None
+    except ValueError as exc:  # the client library's own parse of the URL
+        raise InvalidFieldError(name, _hidden(f"{exc} (got {shown})", value)) from None
+    except TallyError as exc:
+        raise StoreError(_hidden(f"{name}={shown}: {exc}", value)) from None
+
+
+def _ledger_at(value: str) -> Ledger:
+    if "://" in value and not is_postgres_url(value):
+        raise InvalidFieldError("ledger", "must be a file path or a postgresql:// URL")
+    return open_ledger(value)
 
 
 def proxy_router() -> Any:
@@ -161,6 +215,7 @@ class TallyProxyHandler(TallyCallback):
         self._once = OnceLog(log)
         self._plugin = TallyProxyPlugin(self)
         self._plugin_configured = False
+        self._opened: list[Any] = []  # the store and ledger the environment named
 
     @property
     def plugin(self) -> TallyProxyPlugin:
@@ -241,19 +296,34 @@ class TallyProxyHandler(TallyCallback):
         infer = self.infer
         if infer is None:
             infer = env.get("TALLY_INFER", "1").strip().lower() not in _FALSE
-        tally = Tally(
-            pool, fallback=self.fallback or env.get("TALLY_FALLBACK") or None,
-            store=self.store, **self.tally_kwargs,
-        )
+        # The arguments win over the environment; what is opened here, the handler closes.
+        store, kwargs, opened = self.store, dict(self.tally_kwargs), []
         try:
-            return RoutingState(
+            if store is None and env.get(STORE_ENV, "").strip():
+                store = _open_setting(STORE_ENV, env[STORE_ENV].strip(), open_store)
+                opened.append(store)
+            if kwargs.get("ledger") is None and env.get(LEDGER_ENV, "").strip():
+                kwargs["ledger"] = _open_setting(LEDGER_ENV, env[LEDGER_ENV].strip(), _ledger_at)
+                opened.append(kwargs["ledger"])
+            tally = Tally(
+                pool, fallback=self.fallback or env.get("TALLY_FALLBACK") or None,
+                store=store, **kwargs,
+            )
+        except Exception:
+            _close_all(opened)
+            raise
+        try:
+            state = RoutingState(
                 tally, scorer=self.scorer, default_envelope=defaults,
                 task_type=self.task_type or env.get("TALLY_TASK_TYPE") or "general",
                 org_from_auth=True, allow_client_org=allow, infer=infer,
             )
         except Exception:
             tally.close()
+            _close_all(opened)
             raise
+        self._opened = opened
+        return state
 
     def current(self, mode: Mode) -> RoutingState | None:
         """The state for the proxy's current router, bound on first use. Never raises."""
@@ -334,10 +404,20 @@ class TallyProxyHandler(TallyCallback):
             state.unbind()
             state.release()
             state.tally.close(timeout)
+            opened, self._opened = self._opened, []
+            _close_all(opened)  # after the Tally: its last batches go to them
         self.unregister()
 
     def __repr__(self) -> str:
         return f"TallyProxyHandler({self.name}, {'bound' if self.state else 'not bound'})"
+
+
+def _close_all(things: list[Any]) -> None:
+    for thing in reversed(things):
+        try:
+            thing.close()
+        except Exception:
+            log.warning("tally: could not close %r", thing, exc_info=True)
 
 
 class TallyProxyPlugin:
