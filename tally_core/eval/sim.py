@@ -1025,6 +1025,7 @@ def _summarize(
                     "cost_usd": pt["cost_usd"],
                     "quality": pt["quality"],
                     "violations": pt["violations"],
+                    "models": dict(pt["models"]),
                 }
                 for t, pt in res.per_task.items()
             },

@@ -44,6 +44,17 @@ the floor). FloorBandit decides what to do with the rest:
   likelier than the safe arm it now looks to be below the floor) is at or
   above ``max_violation_rate * (calls + onboarding_calls)``. The user states
   that rate; the budgets follow from it.
+* **cautious mode** (``cautious=True``) spends less of that risk, for
+  fewer savings (the trade-off is measured in BENCHMARKS.md, issue 12):
+  a learning call keeps its pick with probability P(pick clears) **
+  ``learn_confidence_power`` (else it goes to the current default), so a
+  model likelier below the floor is learned more slowly; the allowance
+  counts learning calls rather than the task type's calls; and a safe arm
+  with fewer than ``min_fail_obs`` outcomes of its own counts as clearing
+  when the risk is priced (at a high floor its uniform prior says it
+  probably does not, which priced every learning call at almost nothing
+  while the allowance kept it idle: a 0.78 floor spent 350 calls below it
+  in one task type's first 400).
 * **a doubtful safe arm** (P(clears) < ``doubt_below``: the fallback looks
   below the floor and nothing is proven above it yet) is no bar to clear:
   learning is not budgeted (the safe arm's calls are no safer), aims at what
@@ -101,6 +112,7 @@ class _Data:
     c_safe: float = 0.0
     saving_weight: float | None = None  # None: learning draws priced by the exploit rule
     exploiting: bool = False
+    confidence_power: float = 0.0  # a learning call keeps its pick with P(clears) ** this
 
 
 class FloorBandit(Policy):
@@ -129,7 +141,11 @@ class FloorBandit(Policy):
     min_saving
         A candidate must cost at least this share less than the safe arm.
     allowance, seed_share
-        Learning runs on ``seed_share`` of a task type's first ``allowance`` calls.
+        Learning runs on ``seed_share`` of a task type's first ``allowance``
+        calls (learning calls, in cautious mode).
+    cautious, learn_confidence_power
+        Cautious mode (see above), and the power of P(clears) with which a
+        learning call keeps its pick in it.
     learn_gate
         During the allowance, only candidates with P(clears) >= this are
         learned (on evidence: ``min_fail_obs`` outcomes); when none is left
@@ -182,6 +198,8 @@ class FloorBandit(Policy):
         latency_cost_factor: float = 4.0,
         doubt_below: float = 0.05,
         saving_weight: float | None = 0.2,
+        cautious: bool = False,
+        learn_confidence_power: float = 0.5,
         **base: Any,
     ) -> None:
         super().__init__(**base)
@@ -214,6 +232,10 @@ class FloorBandit(Policy):
             None
             if saving_weight is None
             else check_number("saving_weight", saving_weight, 0.0, 10.0)
+        )
+        self.cautious = bool(cautious)
+        self.learn_confidence_power = check_number(
+            "learn_confidence_power", learn_confidence_power, 0.0, 10.0
         )
         self.latency_cost_factor = check_number(
             "latency_cost_factor", latency_cost_factor, 1.0, 1e6
@@ -273,7 +295,15 @@ class FloorBandit(Policy):
         # The risk spent so far, priced by what is known now: each model's
         # calls off the safe arm, times how much likelier it is than the safe
         # arm to be below the floor (nothing, when the safe arm is doubtful too).
-        spent = sum(c.view.risky_calls * max(p_safe - confidence[c.name], 0.0) for c in survivors)
+        # Until the safe arm has evidence of its own, it is taken at its word
+        # (it clears): its prior says nothing, and with no calls on it yet (the
+        # allowance sends every call to learning) the risk would read as none.
+        p_ref = (
+            p_safe
+            if not self.cautious or on_safe is None or on_safe.view.n >= self.min_fail_obs
+            else 1.0
+        )
+        spent = sum(c.view.risky_calls * max(p_ref - confidence[c.name], 0.0) for c in survivors)
         budget = self.max_violation_rate * (memory.clock + self.onboarding_calls)
         room = spent < budget
         exploit: Candidate | None = None
@@ -309,7 +339,10 @@ class FloorBandit(Policy):
         default = exploit.name if exploit is not None else safe
         default_saving = c_safe - exploit.cost_usd if exploit is not None else 0.0
 
-        in_allowance_clock = memory.clock < self.allowance
+        # Cautious: the allowance counts learning calls, not the task type's
+        # calls (learning thinned by confidence would otherwise run out of
+        # allowance before it had learned anything).
+        in_allowance_clock = (memory.learn if self.cautious else memory.clock) < self.allowance
         in_allowance = in_allowance_clock and exploit is None
         if in_allowance or doubtful:
             # While the safe arm looks below the floor, its calls are no safer
@@ -385,6 +418,9 @@ class FloorBandit(Policy):
             c_safe=c_safe,
             saving_weight=self.saving_weight,
             exploiting=exploit is not None,
+            confidence_power=(
+                self.learn_confidence_power if self.cautious and not doubtful else 0.0
+            ),
             default_value=(
                 0.0
                 if exploit is None or doubtful
@@ -428,7 +464,12 @@ class FloorBandit(Policy):
                     if other is not first:
                         pick = other
                         break
-            if pick is not None:
+            # A pick likelier below the floor keeps the call less often (the
+            # rest go to the default): learning spends fewer calls below the
+            # floor for each model it certifies.
+            if pick is not None and (
+                d.confidence_power == 0.0 or uniform() < pick.confidence**d.confidence_power
+            ):
                 return Choice(pick.name, d.phase, pick.confidence)  # type: ignore[arg-type]
         return Choice(d.default, d.default_phase, plan.confidence.get(d.default, 0.0))  # type: ignore[arg-type]
 

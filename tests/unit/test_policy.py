@@ -355,6 +355,15 @@ def test_learning_aims_at_the_widest_margin_weighed_by_saving() -> None:
     margin_only, _ = shares(FloorBandit(saving_weight=0.0))
     assert default_fb == 0.0  # the allowance learns on every call
     assert margin_only < 0.25 and margin_only + 0.1 < default < 0.5, (margin_only, default)
+    # In cautious mode a learning call keeps its pick with P(clears) ** 0.5: the
+    # rival (P about 0.2) loses more than half of its calls, the model above
+    # the floor (P about 0.8) about a tenth, and those stay on the safe arm.
+    thinned, thinned_fb = shares(FloorBandit(cautious=True))
+    p_rival, p_good = prob_clears(rival, 0.8), prob_clears(good, 0.8)
+    assert p_rival < 0.3 < 0.75 < p_good
+    expect_fb = default * (1 - p_rival**0.5) + (1 - default) * (1 - p_good**0.5)
+    assert abs(thinned_fb - expect_fb) < 0.03, (thinned_fb, expect_fb)
+    assert abs(thinned - default * p_rival**0.5) < 0.03, (thinned, default, p_rival)
 
 
 def test_the_learning_gate_keeps_the_likeliest_arm_while_on_the_safe_arm() -> None:
