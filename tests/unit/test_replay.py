@@ -113,7 +113,9 @@ def test_oracle_and_baselines_match_hand_computed_figures(tmp_path: Path) -> Non
     assert o["mean_quality"] == pytest.approx((0.9 + 0.8 + 1 + 1 + 1) / 5)
     assert o["violation_rate"] == 0.0
     assert o["share"] == pytest.approx({"small": 0.4, "mid": 0.0, "large": 0.6})
-    assert o["per_task"]["reasoning"] == pytest.approx(
+    reasoning = dict(o["per_task"]["reasoning"])
+    assert reasoning.pop("models") == {"large": 3}  # the models the task type's calls went to
+    assert reasoning == pytest.approx(
         {"calls": 3, "cost_usd": 0.06, "quality": 1.0, "violations": 0}
     )
     # Always-best: large everywhere.
