@@ -295,9 +295,10 @@ class FloorBandit(Policy):
         # The risk spent so far, priced by what is known now: each model's
         # calls off the safe arm, times how much likelier it is than the safe
         # arm to be below the floor (nothing, when the safe arm is doubtful too).
-        # Until the safe arm has evidence of its own, it is taken at its word
-        # (it clears): its prior says nothing, and with no calls on it yet (the
-        # allowance sends every call to learning) the risk would read as none.
+        # Cautious: until the safe arm has evidence of its own, it is taken at
+        # its word (it clears): its prior says nothing, and with no calls on it
+        # yet (the allowance sends every call to learning) the risk at a high
+        # floor would read as none.
         p_ref = (
             p_safe
             if not self.cautious or on_safe is None or on_safe.view.n >= self.min_fail_obs

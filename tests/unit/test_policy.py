@@ -334,6 +334,38 @@ def test_risk_budget_stops_learning_when_spent() -> None:
     assert "new" in roomy.explore
 
 
+def test_cautious_prices_learning_against_an_unseen_fallback_as_clearing() -> None:
+    """At a 0.78 floor an unseen fallback's uniform prior gives P(clears) =
+    0.22, so 80 learning calls on a model that now looks below the floor
+    read as almost no risk; cautious mode prices them against a fallback
+    that clears, and learning waits."""
+    fb = EMPTY_VIEW  # the allowance sent every call to learning so far
+    tried = view_from(bernoulli(0.72, 80), phase="explore")  # P(clears 0.78) ~ 0.1
+    cands = [Candidate("tried", 0.001, tried), Candidate("new", 0.0005, EMPTY_VIEW),
+             Candidate("fb", 0.010, fb)]  # fmt: skip
+    mem = TaskMemory(clock=80.0, learn=80.0)
+    assert prob_clears(fb, 0.78) < 0.25 and prob_clears(tried, 0.78) < 0.15
+    loose = FloorBandit().plan(cands, 0.78, "fb", memory=mem)  # 80 x 0.11 of 60.8 allowed
+    assert loose.explore and not any("risk budget spent" in n for n in loose.notes)
+    strict = FloorBandit(cautious=True).plan(cands, 0.78, "fb", memory=mem)  # 80 x 0.89
+    assert strict.explore == [] and any("risk budget spent" in n for n in strict.notes)
+
+
+def test_cautious_allowance_counts_learning_calls() -> None:
+    """A task type 1,000 calls in with only 100 learning calls is past the
+    default 400-call allowance (resolution share), but still inside it in
+    cautious mode (every call may learn)."""
+    fb = view_from(bernoulli(0.97, 900))
+    cands = [Candidate("new", 0.001, EMPTY_VIEW), Candidate("fb", 0.010, fb)]
+    mem = TaskMemory(clock=1000.0, learn=100.0)
+    default = FloorBandit(max_violation_rate=0.05).plan(cands, 0.8, "fb", memory=mem)
+    cautious = FloorBandit(max_violation_rate=0.05, cautious=True).plan(
+        cands, 0.8, "fb", memory=mem
+    )
+    assert default.data.share == FloorBandit().resolve_share
+    assert cautious.data.share == 1.0
+
+
 def test_learning_aims_at_the_widest_margin_weighed_by_saving() -> None:
     """In the allowance, a cheaper rival a little below the floor takes a
     minority of the learning calls, a dearer model well above it the rest;
