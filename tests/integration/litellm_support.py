@@ -113,3 +113,13 @@ def expected_cost(model: str, input_tokens: int, output_tokens: int) -> float:
         model=model, prompt_tokens=input_tokens, completion_tokens=output_tokens
     )
     return float(cin + cout)
+
+
+def cooling_ids(router: Any, ids: list[str]) -> set[str]:
+    """Which of ``ids`` LiteLLM has in cooldown, through the router's own
+    cooldown store (``health().cooldowns`` from 1.109, ``cooldown_cache``
+    before): the module function that takes a Router is deprecated on 1.110."""
+    health = getattr(router, "health", None)
+    cache = health().cooldowns if callable(health) else router.cooldown_cache
+    active = cache.get_active_cooldowns(model_ids=ids, parent_otel_span=None)
+    return {item[0] for item in active or () if isinstance(item, tuple) and item}

@@ -17,6 +17,7 @@ from tally_litellm import TallyPlugin, TallyStrategy, get_decision
 from tests.integration.litellm_support import (  # noqa: F401 (an autouse fixture)
     MSGS,
     POOL,
+    cooling_ids,
     dep,
     litellm_callbacks_restored,
     pool_deployments,
@@ -229,8 +230,6 @@ def test_fallback_to_a_group_outside_the_pool_still_works():
 
 
 def test_a_model_in_cooldown_is_not_picked(monkeypatch):
-    from litellm.router_utils.cooldown_handlers import async_get_cooldown_deployments
-
     with plugged(router_kwargs={"allowed_fails": 0, "cooldown_time": 60}) as (
         router, tally, strategy,
     ):
@@ -239,8 +238,7 @@ def test_a_model_in_cooldown_is_not_picked(monkeypatch):
         pin = {"tally": {"task_type": "qa-simple", "allowed_models": ["gpt-4o-mini"]}}
         bad = acall(router, strategy, mock_response="litellm.InternalServerError", metadata=pin)
         assert isinstance(bad, Exception)
-        cooling = asyncio.run(async_get_cooldown_deployments(router, parent_otel_span=None))
-        assert "mini" in cooling
+        assert "mini" in cooling_ids(router, ["mini"])
         seen = spy_route(monkeypatch, tally)
         served = [served_id(acall(router, strategy)) for _ in range(5)]
         assert "mini" not in served
