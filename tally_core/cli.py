@@ -2,7 +2,12 @@
 
 ``tally demo`` runs a simulated workload through Tally on the embedded store
 and prints what it learned and the money saved; ``tally stats TASK`` shows the
-bandit's view of a task type.
+bandit's view of a task type (from a store directory or a Redis store).
+Reading the call log (a store directory's SQLite ledger or a PostgreSQL
+URL): ``report``, ``savings``, ``export``, ``rollouts`` (gradual rollout
+transitions) and ``shadow-report`` (paired shadow-test figures);
+``pricing`` shows and refreshes the price map, ``dashboard`` serves the web
+dashboard, ``bench`` runs the simulator and replays.
 """
 
 from __future__ import annotations
@@ -465,7 +470,7 @@ def _report_csv(rep: Report) -> str:
     """The report as tidy rows: one ``section`` column, then the figures."""
     from dataclasses import asdict
 
-    from tally_core.reports import _csv_text
+    from tally_core.reports import csv_text
 
     rows: list[dict[str, Any]] = [{"section": "total", **asdict(rep.totals)}]
     for section, col, rollups in (
@@ -490,7 +495,7 @@ def _report_csv(rep: Report) -> str:
                     "calls": k,
                 }
             )
-    return _csv_text(rows, _ROLLUP_CSV)
+    return csv_text(rows, _ROLLUP_CSV)
 
 
 def _rollup_table(title: str, head: str, rollups: list[Any], with_bar: bool = True) -> Any:
@@ -805,7 +810,7 @@ def shadow_report(
         _print_json([asdict(p) for p in pairs])
         return
     if fmt == "csv":
-        sys.stdout.write(reports._csv_text([asdict(p) for p in pairs], _SHADOW_FIELDS))
+        sys.stdout.write(reports.csv_text([asdict(p) for p in pairs], _SHADOW_FIELDS))
         return
     from rich.table import Table
 
@@ -1035,7 +1040,7 @@ def savings(
     if fmt == "json":
         _print_json(sv.to_dict())
     elif fmt == "csv":
-        sys.stdout.write(reports._csv_text(_savings_rows(sv), _SAVINGS_CSV))
+        sys.stdout.write(reports.csv_text(_savings_rows(sv), _SAVINGS_CSV))
     else:
         _print_savings(sv, _shown(store))
 
@@ -1191,7 +1196,7 @@ def pricing(
         return
     if fmt == "csv":
         cols = tuple(f for f in asdict(rows[0])) if rows else ("model",)
-        sys.stdout.write(reports._csv_text([asdict(r) for r in rows], cols))
+        sys.stdout.write(reports.csv_text([asdict(r) for r in rows], cols))
         return
     from rich.table import Table
 

@@ -49,6 +49,7 @@ from tally_core.ledger._rollups import REPORT, percentile
 from tally_core.ledger.query import HOUR, LedgerQuery, TimeLike, parse_time
 
 __all__ = [
+    "csv_text",
     "EXPORT_FORMATS",
     "TIME_BUCKETS",
     "ROLLUPS_ABOVE",
@@ -1273,8 +1274,13 @@ def refresh_prices(
     return changes
 
 
-def _csv_text(rows: Iterable[Mapping[str, Any]], columns: Iterable[str]) -> str:
-    """CSV of flat dicts (used by the CLI's ``--format csv``)."""
+def csv_text(rows: Iterable[Mapping[str, Any]], columns: Iterable[str]) -> str:
+    """CSV of flat dicts, ``columns`` in order (``None`` as empty): what the
+    commands print for ``--format csv``.
+
+    >>> csv_text([{"model": "a", "calls": 2, "cost": None}], ["model", "calls", "cost"])
+    'model,calls,cost\\na,2,\\n'
+    """
     buf = io.StringIO()
     cols = list(columns)
     w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n", extrasaction="ignore")
