@@ -29,7 +29,6 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tally_core.eval import sim  # noqa: E402
 from tally_core.eval.replay import EvalTable, read_table, replay  # noqa: E402
 from tally_core.policy.bandit import FloorBandit  # noqa: E402
 
@@ -44,51 +43,6 @@ TRIPLES: dict[str, dict[str, float]] = {
 }
 
 _tables: dict[str, EvalTable] = {}
-_phase: dict[str, str | None] = {"last": None}
-
-
-def _count_all_violations() -> None:
-    """Count, besides the recorder's post-warm-up figure, violations from the
-    first call and by the phase of the decision behind them (once per process)."""
-    if _phase.get("installed"):
-        return
-    _phase["installed"] = "yes"
-    add, result, choose = sim._Recorder.add, sim._Recorder.result, sim.TallyRouter.choose
-
-    def add_all(self: Any, i: int, task: str, model: str, cost: float, quality: float,
-                truth: float, bar: float) -> None:  # fmt: skip
-        add(self, i, task, model, cost, quality, truth, bar)
-        if truth < bar - 1e-12:
-            extra = self.__dict__.setdefault("_extra", {"all": 0, "phase": {}})
-            extra["all"] += 1
-            if self.seen[task] > self.warmup:
-                ph = extra["phase"]
-                ph[_phase["last"]] = ph.get(_phase["last"], 0) + 1
-
-    def result_all(self: Any, router: Any, scenario: Any) -> Any:
-        res = result(self, router, scenario)
-        res.__dict__["extra"] = self.__dict__.get("_extra", {"all": 0, "phase": {}})
-        return res
-
-    def choose_noting(self: Any, task: Any, envelope: Any, pool: Any) -> str:
-        model = choose(self, task, envelope, pool)
-        _phase["last"] = self._last.phase
-        return model
-
-    sim._Recorder.add = add_all  # type: ignore[method-assign]
-    sim._Recorder.result = result_all  # type: ignore[method-assign]
-    sim.TallyRouter.choose = choose_noting  # type: ignore[method-assign]
-    summarize = sim._summarize
-
-    def summarize_all(results: Any, names: Any, wall: Any, shifts: Any = ()) -> Any:
-        out = summarize(results, names, wall, shifts)
-        for name, res in results.items():
-            out[name]["extra"] = res.__dict__.get("extra")
-        return out
-
-    import tally_core.eval.replay as rp
-
-    rp._summarize = summarize_all  # type: ignore[attr-defined]
 
 
 def _table(triple: str) -> EvalTable:
@@ -102,7 +56,6 @@ def _table(triple: str) -> EvalTable:
 
 def _job(args: tuple[str, int, int, int, str]) -> tuple[str, dict[str, Any]]:
     triple, seed, calls, warmup, policy = args
-    _count_all_violations()
     kwargs = {"policy": FloorBandit(**json.loads(policy))} if policy else {}
     r = replay(_table(triple), floor=TRIPLES[triple], seed=seed, calls=calls, shuffle=True,
                warmup=warmup, routers=("tally",), best=FALLBACK, tally_kwargs=kwargs)  # fmt: skip
@@ -140,10 +93,10 @@ def main() -> None:
         rs = [r for tt, r in done if tt == t]
         sh = [r["oracle_savings_share"] for r in rs]
         vw = [100 * r["violation_rate"] for r in rs]
-        va = [100 * r["extra"]["all"] / r["calls"] for r in rs]
+        va = [100 * r["violations"] / r["calls"] for r in rs]
         ph: dict[str, float] = {}
         for r in rs:
-            for k, v in r["extra"]["phase"].items():
+            for k, v in r["violations_by_phase"].items():
                 ph[str(k)] = ph.get(str(k), 0.0) + v / len(rs)
         print(
             f"{t:6}  {statistics.mean(sh):.3f}      {_pct(sh, 0.1):.3f}  {_pct(sh, 0.9):.3f} | "

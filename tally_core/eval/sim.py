@@ -551,6 +551,9 @@ class SimResult:
     calibration_calls: dict[str, int] = field(default_factory=dict)
     adaptation_calls: list[dict[str, Any]] = field(default_factory=list)
     errors: int = 0
+    violations: int = 0  # calls below the floor from each task type's first call
+    # Tally only: the post-warm-up violations by the phase of the decision behind them.
+    violations_by_phase: dict[str, int] = field(default_factory=dict)
     # Per call: (index, task type, cost, below the floor). Not in to_dict().
     trace: list[tuple[int, str, float, bool]] = field(default_factory=list, repr=False)
 
@@ -567,6 +570,8 @@ class SimResult:
             "violation_rate": self.violation_rate,
             "violations_after_warmup": self.violations_after_warmup,
             "calls_after_warmup": self.calls_after_warmup,
+            "violations": self.violations,
+            "violations_by_phase": self.violations_by_phase,
             "share": self.share,
             "per_task": self.per_task,
             "phases": self.phases,
@@ -744,6 +749,7 @@ class _Recorder:
         self.cost = 0.0
         self.qsum = 0.0
         self.viol = 0
+        self.viol_all = 0
         self.after = 0
         self.errors = 0
         self.n = 0
@@ -755,6 +761,7 @@ class _Recorder:
         self.seen: dict[str, int] = {t: 0 for t in tasks}
         self.log: list[tuple[int, str, str]] = []
         self.trace: list[tuple[int, str, float, bool]] = []
+        self.counted: list[bool] = []  # per call: a violation after the warm-up
 
     def add(
         self, i: int, task: str, model: str, cost: float, quality: float, truth: float, bar: float
@@ -769,13 +776,17 @@ class _Recorder:
         self.cost += cost
         self.qsum += quality
         self.counts[model] = self.counts.get(model, 0) + 1
+        below = truth < bar - 1e-12
+        self.viol_all += int(below)
+        counted = below and self.seen[task] > self.warmup
         if self.seen[task] > self.warmup:
             self.after += 1
-            if truth < bar - 1e-12:
+            if counted:
                 self.viol += 1
                 pt["violations"] += 1
         self.log.append((i, task, model))
-        self.trace.append((i, task, cost, truth < bar - 1e-12))
+        self.trace.append((i, task, cost, below))
+        self.counted.append(counted)
 
     def result(self, router: SimRouter, scenario: Scenario) -> SimResult:
         n = self.n
@@ -791,6 +802,7 @@ class _Recorder:
             share={m: self.counts.get(m, 0) / n for m in self.models},
             per_task=self.per_task,
             errors=self.errors,
+            violations=self.viol_all,
             trace=self.trace,
         )
         if isinstance(router, TallyRouter):
@@ -798,6 +810,9 @@ class _Recorder:
                 p: router.phases.count(p) for p in ("calibrate", "explore", "exploit", "fallback")
             }
             res.calibration_calls = _calibration_calls(self.log, router.phases)
+            for phase, counted in zip(router.phases, self.counted, strict=False):
+                if counted:
+                    res.violations_by_phase[phase] = res.violations_by_phase.get(phase, 0) + 1
         res.adaptation_calls = _adaptation(scenario, self.log, n)
         return res
 
@@ -923,9 +938,11 @@ def run_comparison(
     Per router: ``cost_usd``, ``cost_vs_best`` (cost / always-best's),
     ``oracle_savings_share`` ((best - cost) / (best - oracle)), ``mean_quality``
     (true mean of the chosen models), ``quality_vs_best``, ``violation_rate``
-    (after each task type's first ``warmup`` calls), regret against the oracle,
-    ``share`` of traffic per model, ``adaptation_calls`` per quality event, and
-    for Tally ``calibration_calls`` per task type and ``phases``.
+    (after each task type's first ``warmup`` calls; ``violations`` counts them
+    from the first call), regret against the oracle, ``share`` of traffic per
+    model, ``adaptation_calls`` per quality event, and for Tally
+    ``calibration_calls`` per task type, ``phases`` and ``violations_by_phase``
+    (the post-warm-up violations by the phase of the decision behind them).
     ``always-best`` and ``oracle`` always run (the ratios need them).
 
     >>> r = run_comparison("seed-landscape", seed=1, calls=300,
@@ -1042,5 +1059,6 @@ def _summarize(
         if name != "tally":
             d.pop("phases")
             d.pop("calibration_calls")
+            d.pop("violations_by_phase")
         out[name] = d
     return {n: out[n] for n in names if n in out}

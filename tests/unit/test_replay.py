@@ -125,6 +125,7 @@ def test_oracle_and_baselines_match_hand_computed_figures(tmp_path: Path) -> Non
     assert c["cost_usd"] == pytest.approx(2 * 0.001 + 3 * 0.002)
     assert c["mean_quality"] == pytest.approx((0.9 + 0.8 + 0 + 1 + 0) / 5)
     assert c["violation_rate"] == pytest.approx(3 / 5)
+    assert c["violations"] == 3 and "violations_by_phase" not in c  # Tally's only
     assert c["cost_vs_best"] == pytest.approx(0.008 / 0.08)
     assert c["oracle_savings_share"] == pytest.approx((0.08 - 0.008) / (0.08 - 0.062))
     assert c["cost_regret_usd"] == pytest.approx(0.008 - 0.062)
@@ -395,6 +396,12 @@ def test_tally_saves_money_on_the_example_and_keeps_the_floor() -> None:
     assert tally["violation_rate"] < 0.04
     assert tally["mean_quality"] > 0.9 * rt["always-best"]["mean_quality"]
     assert max(tally["calibration_calls"].values()) <= 45, tally["calibration_calls"]
+    # Every post-warm-up violation is charged to the phase that made it, and
+    # none of those phases is the fallback here (it clears every floor).
+    by_phase = tally["violations_by_phase"]
+    assert sum(by_phase.values()) == tally["violations_after_warmup"]
+    assert tally["violations"] >= tally["violations_after_warmup"] > 0
+    assert set(by_phase) <= {"explore", "exploit", "calibrate"}, by_phase
     assert oracle["violation_rate"] == 0.0 and oracle["cost_vs_best"] < tally["cost_vs_best"]
     assert rt["always-cheapest"]["violation_rate"] > 0.2
     assert rt["thompson"]["cost_usd"] > 2 * tally["cost_usd"]
