@@ -142,7 +142,11 @@ class FloorBandit(Policy):
         A candidate must cost at least this share less than the safe arm.
     allowance, seed_share
         Learning runs on ``seed_share`` of a task type's first ``allowance``
-        calls (learning calls, in cautious mode).
+        calls (learning calls, in cautious mode); by default ``40_000 *
+        max_violation_rate`` (400 calls at 1%), so a lower stated rate
+        learns on fewer calls (the allowance sends learning calls below the
+        floor faster than the risk budget can see at a high floor: with a
+        fixed 400, a stated 0.25% still spent 2.5% on a dev triple).
     cautious, learn_confidence_power
         Cautious mode (see above), and the power of P(clears) with which a
         learning call keeps its pick in it.
@@ -186,7 +190,7 @@ class FloorBandit(Policy):
         stay: float = 0.6,
         min_obs: int = 30,
         min_saving: float = 0.10,
-        allowance: int = 400,
+        allowance: int | None = None,
         seed_share: float = 1.0,
         resolve_share: float = 0.2,
         resolve_calls: int | None = None,
@@ -211,7 +215,14 @@ class FloorBandit(Policy):
         self.stay = check_number("stay", stay, 0.0, self.enter)
         self.min_obs = int(check_number("min_obs", min_obs, 1, 100_000))
         self.min_saving = check_number("min_saving", min_saving, 0.0, 0.99)
-        self.allowance = int(check_number("allowance", allowance, 0, 1e9))
+        self.allowance = int(
+            check_number(
+                "allowance",
+                round(40_000 * self.max_violation_rate) if allowance is None else allowance,
+                0,
+                1e9,
+            )
+        )
         self.seed_share = check_number("seed_share", seed_share, 0.0, 1.0)
         self.resolve_share = check_number("resolve_share", resolve_share, 0.0, 1.0)
         rho = self.max_violation_rate

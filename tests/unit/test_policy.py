@@ -351,6 +351,24 @@ def test_cautious_prices_learning_against_an_unseen_fallback_as_clearing() -> No
     assert strict.explore == [] and any("risk budget spent" in n for n in strict.notes)
 
 
+def test_the_allowance_follows_the_stated_rate() -> None:
+    """The learning allowance is 40,000 calls x the stated rate (400 at 1%),
+    so a lower rate learns on fewer calls: a task type 300 calls in, with
+    nothing proven, learns on every call at 1% and only on the resolution
+    share at 0.5%. An explicit allowance wins."""
+    assert FloorBandit().allowance == 400
+    assert FloorBandit(max_violation_rate=0.005).allowance == 200
+    assert FloorBandit(max_violation_rate=0.02).allowance == 800
+    assert FloorBandit(max_violation_rate=0.005, allowance=50).allowance == 50
+    fb = view_from(bernoulli(0.97, 50))
+    cands = [Candidate("new", 0.001, EMPTY_VIEW), Candidate("fb", 0.010, fb)]
+    mem = TaskMemory(clock=300.0, learn=60.0)
+    at_1 = FloorBandit().plan(cands, 0.8, "fb", memory=mem)
+    at_half = FloorBandit(max_violation_rate=0.005).plan(cands, 0.8, "fb", memory=mem)
+    assert at_1.data.share == 1.0
+    assert at_half.data.share == FloorBandit().resolve_share
+
+
 def test_cautious_allowance_counts_learning_calls() -> None:
     """A task type 1,000 calls in with only 100 learning calls is past the
     default 400-call allowance (resolution share), but still inside it in
@@ -358,8 +376,10 @@ def test_cautious_allowance_counts_learning_calls() -> None:
     fb = view_from(bernoulli(0.97, 900))
     cands = [Candidate("new", 0.001, EMPTY_VIEW), Candidate("fb", 0.010, fb)]
     mem = TaskMemory(clock=1000.0, learn=100.0)
-    default = FloorBandit(max_violation_rate=0.05).plan(cands, 0.8, "fb", memory=mem)
-    cautious = FloorBandit(max_violation_rate=0.05, cautious=True).plan(
+    default = FloorBandit(max_violation_rate=0.05, allowance=400).plan(
+        cands, 0.8, "fb", memory=mem
+    )
+    cautious = FloorBandit(max_violation_rate=0.05, allowance=400, cautious=True).plan(
         cands, 0.8, "fb", memory=mem
     )
     assert default.data.share == FloorBandit().resolve_share
