@@ -59,7 +59,7 @@ def _job(args: tuple[str, int, int, int, str]) -> tuple[str, dict[str, Any]]:
     kwargs = {"policy": FloorBandit(**json.loads(policy))} if policy else {}
     r = replay(_table(triple), floor=TRIPLES[triple], seed=seed, calls=calls, shuffle=True,
                warmup=warmup, routers=("tally",), best=FALLBACK, tally_kwargs=kwargs)  # fmt: skip
-    return triple, r["routers"]["tally"]
+    return triple, {**r["routers"]["tally"], "difficulty": r["difficulty"]}
 
 
 def _pct(xs: Sequence[float], q: float) -> float:
@@ -103,6 +103,22 @@ def main() -> None:
             f"{statistics.mean(vw):5.2f}%      {_pct(vw, 0.1):4.2f}%  {_pct(vw, 0.9):4.2f}% | "
             f"{statistics.mean(va):5.2f}%        {_pct(va, 0.9):4.2f}% | "
             + ", ".join(f"{k} {v:.0f}" for k, v in sorted(ph.items()))
+        )
+    print(
+        "\nfloor difficulty (tally_core.eval.difficulty): calls below the floor that telling "
+        "each task type's cheapest clearing model from its hardest rival takes, whatever the "
+        f"policy; after the warm-up, up to {a.warmup} of each task type's are not counted"
+    )
+    for t in a.triples:
+        diff = next(r for tt, r in done if tt == t)["difficulty"]
+        ev = sum(d["expected_violations"] for d in diff.values())
+        after = sum(max(d["expected_violations"] - a.warmup, 0.0) for d in diff.values())
+        hard = ", ".join(
+            f"{task} {d['expected_violations']:.0f}" for task, d in diff.items() if d["rival"]
+        )
+        print(
+            f"{t:6}  {ev:5.0f} calls = {100 * ev / a.calls:.2f}% of calls, "
+            f"{100 * after / a.calls:.2f}% after the warm-up ({hard or 'no rival'})"
         )
 
 

@@ -202,7 +202,7 @@ def format_distribution(result: Mapping[str, Any]) -> str:
                 f"\n{name}: {kind} {model} on {task} -> adapted after "
                 f"{', '.join(calls)} calls (one figure per order)"
             )
-    return text
+    return text + _difficulty_text(result)
 
 
 def _pool(size: int) -> list[Any]:
@@ -451,6 +451,7 @@ def format_table(result: dict[str, Any]) -> str:
         tally = result["routers"].get("tally")
         if tally:
             text += f"\ntally calibration calls: {tally['calibration_calls']}"
+        text += _difficulty_text(result)
         for name, d in result["routers"].items():
             for a in d["adaptation_calls"]:
                 text += (
@@ -482,6 +483,38 @@ def format_table(result: dict[str, Any]) -> str:
     text += f"\nimport tally_core: {result['import']['median_s'] * 1000:.0f} ms (median)"
     m = result["machine"]
     text += f"\nmachine: {m['cpus']} CPUs, {m['processor']}, Python {m['python']}"
+    return text
+
+
+def _difficulty_text(result: Mapping[str, Any]) -> str:
+    """The replay's "floor difficulty" lines: per task type with a rival no
+    dearer than the cheapest model that clears, the calls below the floor
+    that telling them apart takes (``tally_core.eval.difficulty``)."""
+    diff = result.get("difficulty") or {}
+    hard = {t: d for t, d in diff.items() if d.get("rival")}
+    if not diff:
+        return ""
+    if not hard:
+        return (
+            "\nfloor difficulty: every floor's cheapest clearing model is also the cheapest "
+            "candidate (learnable on calls that clear)"
+        )
+    text = (
+        "\nfloor difficulty (calls below the floor that telling the cheapest clearing model "
+        "from its hardest rival takes, on average, whatever the policy):"
+    )
+    total = 0.0
+    for t, d in hard.items():
+        share = d.get("share_of_calls")
+        text += (
+            f"\n  {t} (floor {d['floor']:g}): {d['target']} {d['target_quality']:.3f} vs "
+            f"{d['rival']} {d['rival_quality']:.3f}: about {d['expected_violations']:.0f} calls"
+            + (f" ({share:.1%} of its calls)" if share is not None else "")
+        )
+        total += d["expected_violations"]
+    calls = sum(d.get("calls") or 0 for d in diff.values())
+    if calls:
+        text += f"\n  together about {total:.0f} calls, {total / calls:.1%} of the run's calls"
     return text
 
 

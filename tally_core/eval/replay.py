@@ -94,6 +94,7 @@ from typing import Any
 from tally_core.catalog import Catalog, ModelSpec
 from tally_core.envelope import normalise_task_type
 from tally_core.errors import InvalidFieldError, UnknownModelError
+from tally_core.eval.difficulty import floor_difficulty
 from tally_core.eval.sim import (
     ROUTER_NAMES,
     OracleRouter,
@@ -803,7 +804,10 @@ def replay(
 
     Returns ``sim.run_comparison``'s result (``scenario``, ``seed``, ``calls``,
     ``routers``) plus ``source: "replay"``, ``file``, ``prompts``, ``rows``,
-    ``models``, ``task_types``, ``floors``, ``best``, ``warmup`` and ``shuffle``.
+    ``models``, ``task_types``, ``floors``, ``best``, ``warmup``, ``shuffle``
+    and ``difficulty``: per task type with a floor, how many calls below it
+    learning that floor takes whatever the policy
+    (``tally_core.eval.difficulty``).
     """
     table = source if isinstance(source, EvalTable) else load_table(source, file_format)
     if calls is not None and (isinstance(calls, bool) or calls < 1):
@@ -860,5 +864,18 @@ def replay(
         "best": sc.fallback,
         "warmup": warmup,
         "shuffle": shuffle,
+        "difficulty": _difficulty(table, floors, sc.fallback, order),
         "routers": _summarize(results, names, wall),
+    }
+
+
+def _difficulty(
+    table: EvalTable, floors: Mapping[str, float | None], fallback: str, order: Sequence[int]
+) -> dict[str, dict[str, Any]]:
+    calls: dict[str, int] = {}
+    for i in order:
+        t = table.prompts[i].task_type
+        calls[t] = calls.get(t, 0) + 1
+    return {
+        t: d.to_dict() for t, d in floor_difficulty(table, floors, fallback, calls=calls).items()
     }
