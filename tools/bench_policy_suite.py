@@ -20,6 +20,7 @@ floors can be learnt within 1% of calls after the warm-up, and the rest.
 
     python tools/bench_policy_suite.py --triples 16 --orders 8
     python tools/bench_policy_suite.py --triples 16 --orders 8 --policy '{"cautious": true}'
+    python tools/bench_policy_suite.py --triples 16 --orders 8 --hard-only
 """
 
 from __future__ import annotations
@@ -98,9 +99,11 @@ def floor_choices(table: EvalTable, fallback: str) -> dict[str, dict[str, list[f
     return out
 
 
-def draw_triples(n: int, seed: int, p_hard: float) -> list[dict[str, float]]:
+def draw_triples(
+    n: int, seed: int, p_hard: float, hard_only: bool = False
+) -> list[dict[str, float]]:
     choices = floor_choices(_table_all(), FALLBACK)
-    usable = sorted(t for t, ch in choices.items() if ch["hard"] or ch["wide"])
+    usable = sorted(t for t, ch in choices.items() if ch["hard"] or (ch["wide"] and not hard_only))
     rng = random.Random(seed)
     out = []
     for _ in range(n):
@@ -133,13 +136,18 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=8520)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--hard", type=float, default=0.75, help="chance a task type gets a hard floor")
+    ap.add_argument(
+        "--hard-only",
+        action="store_true",
+        help="only task types with a hard floor, each given one (the held-out set's shape)",
+    )
     ap.add_argument("--seed", type=int, default=2026, help="seeds the draw of triples and floors")
     ap.add_argument("--policy", default="", help="FloorBandit keyword arguments as JSON")
     ap.add_argument("--procs", type=int, default=2)
     a = ap.parse_args()
     if not DATA.exists():
         sys.exit(f"{DATA} is missing: this benchmark needs the shared dev data")
-    triples = draw_triples(a.triples, a.seed, a.hard)
+    triples = draw_triples(a.triples, a.seed, 1.0 if a.hard_only else a.hard, a.hard_only)
     jobs = [
         (k, fl, s, a.calls, a.warmup, a.policy)
         for k, fl in enumerate(triples)
