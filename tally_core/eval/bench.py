@@ -491,9 +491,9 @@ def _difficulty_text(result: Mapping[str, Any]) -> str:
     dearer than the cheapest model that clears, the calls below the floor
     that telling them apart takes (``tally_core.eval.difficulty``)."""
     diff = result.get("difficulty") or {}
-    hard = {t: d for t, d in diff.items() if d.get("rival")}
     if not diff:
         return ""
+    hard = {t: d for t, d in diff.items() if d.get("rival")}
     if not hard:
         return (
             "\nfloor difficulty: every floor's cheapest clearing model is also the cheapest "

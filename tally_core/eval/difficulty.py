@@ -37,6 +37,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from tally_core.errors import InvalidFieldError
+
 if TYPE_CHECKING:
     from tally_core.eval.replay import EvalTable
 
@@ -60,7 +62,7 @@ def wald_calls(kl: float, error: float = 0.1) -> float:
     outcome distributions ``kl`` apart, at ``error`` both ways (inf when
     they are the same)."""
     if not 0.0 < error < 0.5:
-        raise ValueError(f"error must be in (0, 0.5), got {error!r}")
+        raise InvalidFieldError("error", f"must be between 0 and 0.5 (exclusive), got {error!r}")
     if kl <= 0.0:
         return math.inf
     return (1 - 2 * error) * math.log((1 - error) / error) / kl

@@ -9,6 +9,7 @@ import random
 
 import pytest
 
+from tally_core.errors import InvalidFieldError
 from tally_core.eval import bench
 from tally_core.eval.difficulty import bernoulli_kl, floor_difficulty, wald_calls
 from tally_core.eval.replay import read_table, replay
@@ -45,7 +46,7 @@ def test_kl_and_wald_calls() -> None:
     assert bernoulli_kl(0.3, 0.4) == pytest.approx(want)
     assert wald_calls(want) == pytest.approx(0.8 * math.log(9) / want)
     assert wald_calls(0.0) == math.inf
-    with pytest.raises(ValueError, match="error"):
+    with pytest.raises(InvalidFieldError, match="error"):
         wald_calls(0.1, error=0.5)
 
 
