@@ -4,7 +4,6 @@ ledger, the learned state from the shared Redis; nothing written to either."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,19 +11,12 @@ import pytest
 from conftest import redis_or_skip
 from tally_core import RedisStore, Tally
 from tally_core.dashboard.data import DashboardData
-from tests.postgres_support import PASSWORD, PostgresServer, postgres_or_skip
+from tests.postgres_support import PASSWORD, PostgresServer
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
 POOL = ["gpt-4o-mini", "claude-haiku-4-5", "gpt-4o"]
 QUALITY = {"gpt-4o-mini": 0.3, "claude-haiku-4-5": 0.95, "gpt-4o": 0.97}
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PostgresServer]:
-    server = postgres_or_skip()
-    yield server
-    server.remove()
 
 
 def test_the_dashboard_reads_a_fleets_ledger_and_state(pg: PostgresServer, tmp_path: Path) -> None:

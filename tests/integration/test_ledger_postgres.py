@@ -20,20 +20,11 @@ from tally_core import MemoryStore, RedisStore, StoreError, Tally, reports
 from tally_core.home import StoreDir
 from tally_core.ledger import Ledger, open_ledger
 from tally_core.ledger.query import LedgerQuery
-from tests.postgres_support import PASSWORD, PostgresServer, free_port, postgres_or_skip
+from tests.postgres_support import PASSWORD, PostgresServer, free_port
 
 pytestmark = pytest.mark.postgres
 
 POOL = ["gpt-4o-mini", "gpt-4o"]
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PostgresServer]:
-    server = postgres_or_skip()
-    try:
-        yield server
-    finally:
-        server.remove()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -6,7 +6,6 @@ password, and the proxy keeps serving (LiteLLM routes)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +22,10 @@ from tests.integration.litellm_support import (  # noqa: F401 (an autouse fixtur
     train,
 )
 from tests.integration.test_litellm_proxy import MODEL_OF, acall, proxy, proxy_like_router
-from tests.postgres_support import PASSWORD, PostgresServer, free_port, postgres_or_skip
+from tests.postgres_support import PASSWORD, PostgresServer, free_port
 
 N = 6
 SECRET = "hunter2-not-real"
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PostgresServer]:
-    server = postgres_or_skip()
-    try:
-        yield server
-    finally:
-        server.remove()
 
 
 @pytest.fixture

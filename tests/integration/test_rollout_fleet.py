@@ -4,17 +4,16 @@ candidate on the other, and every transition is in the ledger once."""
 
 from __future__ import annotations
 
-import random
 import threading
 import uuid
 
 import pytest
 
 from tally_core import RedisStore, Tally
+from tests.unit.test_rollout import run as serve
 
 POOL = ["gpt-4o-mini", "gpt-4o"]
 CAND = "claude-haiku-4-5"
-ENV = {"task_type": "summarisation", "quality_floor": 0.8}
 
 
 @pytest.fixture(params=["disk", pytest.param("redis", marks=pytest.mark.redis)])
@@ -35,18 +34,6 @@ def replicas(request, tmp_path):
     yield make
     for t in made:
         t.close()
-
-
-def serve(t: Tally, calls: int, quality: dict[str, float], seed: int) -> list[str]:
-    rng = random.Random(seed)
-    served = []
-    for _ in range(calls):
-        d = t.route(ENV)
-        served.append(d.model)
-        q = quality.get(d.model, 0.95)
-        t.telemetry(d, quality=min(max(rng.gauss(q, 0.03), 0.0), 1.0), input_tokens=400,
-                    output_tokens=100)
-    return served
 
 
 def test_counts_from_two_concurrent_replicas_merge_without_a_lost_update(replicas) -> None:

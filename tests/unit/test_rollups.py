@@ -17,22 +17,12 @@ import pytest
 from tally_core import InvalidFieldError, Ledger, MemoryStore, Tally, reports
 from tally_core.ledger import open_ledger
 from tally_core.ledger.query import LedgerQuery
-from tests.postgres_support import PostgresServer, postgres_or_skip
 
 D = datetime(2025, 6, 1, tzinfo=timezone.utc).timestamp()
 H = 3600.0
 ORGS = ("acme", "beta", "gamma")
 TASKS = ("qa-simple", "code-debug", "summarisation", "translation")
 PRICES = {"gpt-4o-mini": (0.15, 0.6), "claude-haiku-4-5": (1.0, 5.0), "gpt-4o": (2.5, 10.0)}
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PostgresServer]:
-    server = postgres_or_skip()
-    try:
-        yield server
-    finally:
-        server.remove()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
