@@ -133,19 +133,21 @@ def test_demo_with_an_unknown_scenario_fails_in_one_line(tmp_path: Path) -> None
 
 
 def test_run_demo_is_cheaper_than_always_best_and_holds_the_floor() -> None:
-    # Over seeds 1-6 at 1500 calls: cost 0.12-0.13 of always-best, floor
-    # violations after warm-up 0.0-0.14%, 589-825 exploit calls (the rest
-    # learn a cheaper model beside the exploited one, at a share that grows
-    # as it proves itself): 1500 calls are the policy's learning stretch
-    # (over 20,000 calls the mean is 0.30%, see BENCHMARKS.md). Telemetry
-    # arrives on LiteLLM's threads, so runs vary.
+    # Over seeds 1-6 at 1500 calls: cost 0.078-0.094 of always-best, floor
+    # violations after warm-up 0-5.9% (reasoning's ~150 calls: learning in
+    # cost order rules out gpt-4o, 3 points below its floor, before it tries
+    # the dearer model that clears), mean true quality 0.875-0.885 against a
+    # traffic-weighted floor of 0.815, 1050-1141 exploit calls: 1500 calls
+    # are the policy's learning stretch (over 20,000 calls the mean is
+    # 0.36%, see BENCHMARKS.md). Telemetry arrives on LiteLLM's threads, so
+    # runs vary.
     r = run_demo(SCENARIO, calls=1500, seed=3)
     assert r.routed.calls == r.baseline.calls == 1500
     assert r.routed.cost_usd < 0.25 * r.baseline.cost_usd
     assert r.saved_usd == pytest.approx(r.baseline.cost_usd - r.routed.cost_usd)
     assert r.routed.violation_rate < 0.06
-    assert r.routed.mean_quality > 0.88
-    assert sum(r.routed.phases.values()) == 1500 and r.routed.phases["exploit"] > 500
+    assert r.routed.mean_quality > 0.85
+    assert sum(r.routed.phases.values()) == 1500 and r.routed.phases["exploit"] > 800
     assert r.failed_calls == 0 and r.adapter_errors == {}
 
 

@@ -403,14 +403,14 @@ def test_learning_aims_at_the_widest_margin_weighed_by_saving() -> None:
         picks = [policy.pick(plan, u, z, {}).model for _ in range(4000)]
         return picks.count("rival") / len(picks), picks.count("fb") / len(picks)
 
-    default, default_fb = shares(FloorBandit())
-    margin_only, _ = shares(FloorBandit(saving_weight=0.0))
+    default, default_fb = shares(FloorBandit(learn_order="margin"))
+    margin_only, _ = shares(FloorBandit(learn_order="margin", saving_weight=0.0))
     assert default_fb == 0.0  # the allowance learns on every call
     assert margin_only < 0.25 and margin_only + 0.1 < default < 0.5, (margin_only, default)
     # In cautious mode a learning call keeps its pick with P(clears) ** 0.5: the
     # rival (P about 0.2) loses more than half of its calls, the model above
     # the floor (P about 0.8) about a tenth, and those stay on the safe arm.
-    thinned, thinned_fb = shares(FloorBandit(cautious=True))
+    thinned, thinned_fb = shares(FloorBandit(learn_order="margin", cautious=True))
     p_rival, p_good = prob_clears(rival, 0.8), prob_clears(good, 0.8)
     assert p_rival < 0.3 < 0.75 < p_good
     expect_fb = default * (1 - p_rival**0.5) + (1 - default) * (1 - p_good**0.5)
@@ -418,7 +418,63 @@ def test_learning_aims_at_the_widest_margin_weighed_by_saving() -> None:
     assert abs(thinned - default * p_rival**0.5) < 0.03, (thinned, default, p_rival)
 
 
-def test_the_learning_gate_keeps_the_likeliest_arm_while_on_the_safe_arm() -> None:
+def test_learning_goes_to_the_cheapest_price_tier_first() -> None:
+    """Before a model is exploited, learning calls go to the cheapest price
+    tier (models within ``min_saving`` of the cheapest one's cost), and to
+    the next one only once the gate has dropped that tier on evidence."""
+    fb = view_from(bernoulli(0.97, 300))
+    promising = view_from(bernoulli(0.85, 12))
+    cands = [Candidate("cheap", 0.0010, promising), Candidate("cheap2", 0.00105, EMPTY_VIEW),
+             Candidate("dear", 0.0040, EMPTY_VIEW), Candidate("fb", 0.010, fb)]  # fmt: skip
+    p = FloorBandit()
+    plan = p.plan(cands, 0.8, "fb", memory=EMPTY_MEMORY)
+    assert plan.exploit is None and set(plan.explore) == {"cheap", "cheap2"}
+    u, z = draws(4)
+    picks = [p.pick(plan, u, z, {}).model for _ in range(2000)]
+    assert picks.count("dear") == 0 and picks.count("fb") == 0  # the allowance learns every call
+    assert min(picks.count("cheap"), picks.count("cheap2")) > 200, picks.count("cheap")
+    # The widest-margin order learns every candidate.
+    margin = FloorBandit(learn_order="margin").plan(cands, 0.8, "fb", memory=EMPTY_MEMORY)
+    assert set(margin.explore) == {"cheap", "cheap2", "dear"}
+    # Both cheap models shown unlikely to clear (P below the gate, on 12
+    # outcomes each): the dearer tier is learned.
+    poor = view_from(bernoulli(0.5, 12))
+    assert prob_clears(poor, 0.8) < p.learn_gate
+    cands = [Candidate("cheap", 0.0010, poor), Candidate("cheap2", 0.00105, poor),
+             Candidate("dear", 0.0040, EMPTY_VIEW), Candidate("fb", 0.010, fb)]  # fmt: skip
+    assert p.plan(cands, 0.8, "fb", memory=EMPTY_MEMORY).explore == ["dear"]
+    with pytest.raises(InvalidFieldError) as e:
+        FloorBandit(learn_order="cheapest")
+    assert e.value.field == "learn_order" and "cost, margin" in str(e.value)
+
+
+def test_cost_order_never_learns_a_dearer_rival_when_the_cheapest_clears() -> None:
+    """Generated 0/1 outcomes: the cheapest model clears a 0.8 floor by 5
+    points, a dearer one sits 4 below it, a third far below. In cost order
+    the rivals take no call after the warm-up; learning every candidate by
+    margin sends some below the floor."""
+    from tally_core.eval.replay import read_table, replay
+
+    rng = random.Random(7)
+    truth = {"cheap": 0.85, "rival": 0.76, "weak": 0.4, "premium": 0.95}
+    price = {"cheap": 0.1, "rival": 0.3, "weak": 0.3, "premium": 2.0}
+    lines = ["prompt_id,task_type,model,quality,input_tokens,output_tokens,cost_usd"]
+    for i in range(1200):
+        for m, q in truth.items():
+            ok = 1 if rng.random() < q else 0
+            lines.append(f"p{i},extraction,{m},{ok},100,300,{price[m] * 400 / 1e6:.9f}")
+    table = read_table(lines, "csv")
+    out: dict[str, list[tuple[float, float]]] = {"cost": [], "margin": []}
+    for order in out:
+        for seed in range(1, 5):
+            r = replay(table, floor=0.8, seed=seed, calls=2400, shuffle=True, warmup=0,
+                       routers=["tally"], best="premium",
+                       tally_kwargs={"policy": FloorBandit(learn_order=order)})  # fmt: skip
+            t = r["routers"]["tally"]
+            out[order].append((t["oracle_savings_share"], t["violation_rate"]))
+    assert all(v == 0.0 and share > 0.99 for share, v in out["cost"]), out["cost"]
+    assert sum(v for _, v in out["margin"]) > 0.0, out["margin"]
+
     fb = view_from(bernoulli(0.97, 300))
     a = view_from(bernoulli(7 / 12, 12))  # P(clears 0.8) below the gate
     b = view_from(bernoulli(0.5, 12))

@@ -379,8 +379,9 @@ def test_example_ships_in_the_package() -> None:
 
 
 def test_tally_saves_money_on_the_example_and_keeps_the_floor() -> None:
-    # Measured (seed 1, 3000 calls, shuffled): cost 0.178 of always-best, 91% of
-    # the oracle's savings, 1.8% violations (calibration on the hard task types).
+    # Measured (seed 1, 3000 calls, shuffled): cost 0.093 of always-best, 1.008 of
+    # the oracle's savings, 3.6% violations (learning the small, hard task types:
+    # a few hundred calls each).
     r = replay(
         "replay-example",
         floor=SCENARIO_FLOORS,
@@ -402,7 +403,9 @@ def test_tally_saves_money_on_the_example_and_keeps_the_floor() -> None:
     assert sum(by_phase.values()) == tally["violations_after_warmup"]
     assert tally["violations"] >= tally["violations_after_warmup"] > 0
     assert set(by_phase) <= {"explore", "exploit", "calibrate"}, by_phase
-    assert oracle["violation_rate"] == 0.0 and oracle["cost_vs_best"] < tally["cost_vs_best"]
+    # Learning calls on cheap models below the floor can take Tally a little
+    # under the oracle's cost, never far.
+    assert oracle["violation_rate"] == 0.0 and tally["oracle_savings_share"] < 1.05
     assert rt["always-cheapest"]["violation_rate"] > 0.2
     assert rt["thompson"]["cost_usd"] > 2 * tally["cost_usd"]
     # Same seed, same figures.

@@ -355,32 +355,43 @@ def test_pass_fail_scores_use_agresti_caffo() -> None:
 
 
 def test_savings_holdout_matches_the_simulators_truth() -> None:
-    """Tally with a 10% holdout on the seed workload: the measured routed-minus-
-    holdout quality difference brackets the true one (from the scenario's true
-    qualities of the models actually chosen) within its 95% interval."""
+    """Tally with a 10% holdout on the seed workload, four seeded streams: the
+    measured routed-minus-holdout quality difference brackets the true one
+    (from the scenario's true qualities of the models actually chosen) within
+    its 95% interval, overall and per task type, at the rate such an
+    interval should (graded outcomes are clipped to [0, 1], so a premium
+    model's observed mean sits a little under its true quality: a truth at
+    the interval's edge can fall just outside)."""
     sc = load_scenario("seed-landscape")
-    router = TallyRouter(sc, seed=7, holdout=0.1)
-    simulate(sc, [router], seed=7, calls=4000)
-    s = router.tally.savings()
-    rows = list(router.tally.ledger.rows())
-    router.close()
-    truth: dict[str, float] = {}
-    for t in s.per_task:
-        q = sc.tasks[t.task_type].quality
-        routed = [q[r["model"]] for r in rows if r["task_type"] == t.task_type and not r["holdout"]]
-        truth[t.task_type] = sum(routed) / len(routed) - q[sc.fallback]
-    weights = {t.task_type: t.holdout.routed_calls for t in s.per_task}
-    overall = sum(weights[k] * v for k, v in truth.items()) / sum(weights.values())
-
-    h = s.holdout
-    assert h.holdout_calls == pytest.approx(0.1 * 4000, rel=0.15)
-    assert h.ci_low <= overall <= h.ci_high, (h.ci_low, overall, h.ci_high)
-    assert h.ci_high - h.ci_low < 0.05
-    inside = [t.holdout.ci_low <= truth[t.task_type] <= t.holdout.ci_high for t in s.per_task]
-    assert sum(inside) >= len(inside) - 1, [(t.task_type, t.holdout) for t in s.per_task]
-    # Routing pays for its savings with quality it is allowed to spend (floors
-    # of 0.8-0.85 against a 0.93-0.97 premium): the interval says how much.
-    assert h.ci_high < 0 and s.saved_share > 0.5 and s.at_floor_share > 0.6
+    inside, total, overall_inside = 0, 0, 0
+    for seed in (7, 8, 9, 10):
+        router = TallyRouter(sc, seed=seed, holdout=0.1)
+        simulate(sc, [router], seed=seed, calls=4000)
+        s = router.tally.savings()
+        rows = list(router.tally.ledger.rows())
+        router.close()
+        truth: dict[str, float] = {}
+        for t in s.per_task:
+            q = sc.tasks[t.task_type].quality
+            routed = [
+                q[r["model"]] for r in rows if r["task_type"] == t.task_type and not r["holdout"]
+            ]
+            truth[t.task_type] = sum(routed) / len(routed) - q[sc.fallback]
+        weights = {t.task_type: t.holdout.routed_calls for t in s.per_task}
+        overall = sum(weights[k] * v for k, v in truth.items()) / sum(weights.values())
+        h = s.holdout
+        assert h.holdout_calls == pytest.approx(0.1 * 4000, rel=0.15)
+        assert h.ci_high - h.ci_low < 0.05
+        overall_inside += h.ci_low <= overall <= h.ci_high
+        inside += sum(
+            t.holdout.ci_low <= truth[t.task_type] <= t.holdout.ci_high for t in s.per_task
+        )
+        total += len(s.per_task)
+        # Routing pays for its savings with quality it is allowed to spend
+        # (floors of 0.8-0.85 against a 0.93-0.97 premium): the interval says how much.
+        assert h.ci_high < 0 and s.saved_share > 0.5 and s.at_floor_share > 0.6
+    assert overall_inside >= 3, overall_inside
+    assert inside >= 0.84 * total, (inside, total)
 
 
 # -- Tally and the store ------------------------------------------------------
