@@ -197,7 +197,7 @@ def test_a_model_saving_under_ten_percent_is_not_a_candidate() -> None:
 
 
 def test_cost_weighted_leader_rule() -> None:
-    p = FloorBandit()
+    p = FloorBandit(violation_price=6)
     # P(clears 0.8) of about 0.88 after 200 outcomes at 0.835.
     v = view_from(bernoulli(0.835, 200))
     conf = prob_clears(v, 0.8)
@@ -208,10 +208,15 @@ def test_cost_weighted_leader_rule() -> None:
     assert big_saving.exploit == "k"  # saves 90%: worth it at P > 0.85
     assert small_saving.exploit is None  # saves 40%: needs P >= 0.933
     assert p.entry_bar(0.4) == pytest.approx(1 - 0.4 / 6)
+    # The default price of a violation is 3 safe-arm calls: 90% saved is
+    # used at P >= 0.7, 40% at 0.867, so the 40% model above is used too.
+    d = FloorBandit()
+    assert d.entry_bar(0.9) == pytest.approx(0.7) and d.entry_bar(0.4) == pytest.approx(1 - 0.4 / 3)
+    assert d.plan([Candidate("k", 0.006, v), Candidate("fb", 0.010, fb)], 0.8, "fb").exploit == "k"
 
 
 def test_hysteresis_enter_high_stay_while_above_the_lower_bar() -> None:
-    p = FloorBandit()
+    p = FloorBandit(violation_price=6)
     fb = view_from(bernoulli(0.97, 300))
     # Saves 40%: enters at P >= 0.933, stays while P >= 0.933 - (enter - stay).
     dip = view_from(bernoulli(0.825, 300))
