@@ -27,11 +27,14 @@ the floor). FloorBandit decides what to do with the rest:
   no call below the floor and no dearer rival is tried at all; what learning
   costs is then only the cheaper rivals just below the floor, which any
   policy must rule out (the floor difficulty of ``tally_core.eval.difficulty``
-  counts exactly those). Against the widest-margin rule alone it kept 0.875
-  of the oracle's savings at 0.86% below the floor on 16 drawn triples of
-  real task types (was 0.819 at 1.16%) and 0.869 at 1.23% on the held-out
-  shape (was 0.773 at 1.78%; BENCHMARKS.md, issue 12, fifth pass);
-  ``learn_order="margin"`` restores the rule below over every candidate.
+  counts exactly those). With the exploit rule's price at 3 it keeps 0.901
+  of the oracle's savings at 0.93% below the floor on 16 drawn triples of
+  real task types (the widest-margin rule at price 6: 0.819 at 1.16%) and
+  0.894 at 1.17% on 16 of the held-out shape (0.773 at 1.78%), but puts
+  more calls below the floor where the *cheapest* model is a rival a point
+  or two below it, and in task types of a few hundred calls (BENCHMARKS.md,
+  issue 12, fifth pass). ``learn_order="margin"`` restores the rule below
+  over every candidate.
 * **within a tier**, Thompson sampling among candidates whose posterior still
   gives them a chance of clearing and that would save more than the current
   choice, aimed at the **widest margin** (``saving_weight``): draw every
