@@ -21,6 +21,7 @@ floors can be learnt within 1% of calls after the warm-up, and the rest.
     python tools/bench_policy_suite.py --triples 16 --orders 8
     python tools/bench_policy_suite.py --triples 16 --orders 8 --policy '{"cautious": true}'
     python tools/bench_policy_suite.py --triples 16 --orders 8 --hard-only
+    python tools/bench_policy_suite.py --triples 16 --orders 8 --hard-only --per-task
 """
 
 from __future__ import annotations
@@ -126,7 +127,13 @@ def _job(args: tuple[int, dict[str, float], int, int, int, str]) -> tuple[int, d
     kwargs = {"policy": FloorBandit(**json.loads(policy))} if policy else {}
     r = replay(_table(tuple(sorted(floors))), floor=floors, seed=seed, calls=calls, shuffle=True,
                warmup=warmup, routers=("tally",), best=FALLBACK, tally_kwargs=kwargs)  # fmt: skip
-    return k, {**r["routers"]["tally"], "difficulty": r["difficulty"]}
+    per_task = {}
+    best, oracle = r["routers"]["always-best"]["per_task"], r["routers"]["oracle"]["per_task"]
+    for task, d in r["routers"]["tally"]["per_task"].items():
+        gap = best[task]["cost_usd"] - oracle[task]["cost_usd"]
+        share = (best[task]["cost_usd"] - d["cost_usd"]) / gap if gap > 0 else 1.0
+        per_task[task] = (share, d["violations"] / d["calls"] if d["calls"] else 0.0)
+    return k, {**r["routers"]["tally"], "difficulty": r["difficulty"], "task_shares": per_task}
 
 
 def main() -> None:
@@ -144,6 +151,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=2026, help="seeds the draw of triples and floors")
     ap.add_argument("--policy", default="", help="FloorBandit keyword arguments as JSON")
     ap.add_argument("--procs", type=int, default=2)
+    ap.add_argument(
+        "--per-task",
+        action="store_true",
+        help="also each task type at each floor: its share of savings, its calls below the floor",
+    )
     a = ap.parse_args()
     if not DATA.exists():
         sys.exit(f"{DATA} is missing: this benchmark needs the shared dev data")
@@ -172,6 +184,8 @@ def main() -> None:
             f"{statistics.mean(vw):5.2f}%      {_pct(vw, 0.9):5.2f}% | {hard:5.2f}%       | "
             + ", ".join(f"{t}={f:g}" for t, f in fl.items())
         )
+    if a.per_task:
+        _print_per_task(triples, done)
     for name, pick in (
         ("all", rows),
         ("learnable within 1%", [r for r in rows if r[3] <= 1.0]),
@@ -185,6 +199,23 @@ def main() -> None:
             f"violations {statistics.mean(r[1] for r in pick):.2f}% (mean of triple means), "
             f"all three targets met on {met}"
         )
+
+
+def _print_per_task(
+    triples: list[dict[str, float]], done: list[tuple[int, dict[str, Any]]]
+) -> None:
+    """Each task type at each floor over every stream it is in: the mean
+    share of its own savings (always-best minus the oracle) and its calls
+    below the floor after its warm-up, as a share of its calls."""
+    agg: dict[tuple[str, float], list[tuple[float, float]]] = {}
+    for k, r in done:
+        for task, v in r["task_shares"].items():
+            agg.setdefault((task, triples[k][task]), []).append(v)
+    print("task type           floor  streams  share  below the floor")
+    for (task, floor), vs in sorted(agg.items()):
+        share = statistics.mean(v[0] for v in vs)
+        below = 100 * statistics.mean(v[1] for v in vs)
+        print(f"{task:18}  {floor:.3f}  {len(vs):7}  {share:5.2f}  {below:5.2f}%")
 
 
 if __name__ == "__main__":
