@@ -480,6 +480,8 @@ def test_cost_order_never_learns_a_dearer_rival_when_the_cheapest_clears() -> No
     assert all(v == 0.0 and share > 0.99 for share, v in out["cost"]), out["cost"]
     assert sum(v for _, v in out["margin"]) > 0.0, out["margin"]
 
+
+def test_the_learning_gate_keeps_the_likeliest_arm_while_on_the_safe_arm() -> None:
     fb = view_from(bernoulli(0.97, 300))
     a = view_from(bernoulli(7 / 12, 12))  # P(clears 0.8) below the gate
     b = view_from(bernoulli(0.5, 12))
