@@ -186,6 +186,14 @@ def main() -> None:
         )
     if a.per_task:
         _print_per_task(triples, done)
+    phases: dict[str, int] = {}
+    for _, r in done:
+        for phase, n in r["violations_by_phase"].items():
+            phases[phase] = phases.get(phase, 0) + n
+    print(
+        "calls below the floor per stream (from call 1), by phase: "
+        + ", ".join(f"{p} {n / len(done):.0f}" for p, n in sorted(phases.items()))
+    )
     for name, pick in (
         ("all", rows),
         ("learnable within 1%", [r for r in rows if r[3] <= 1.0]),
