@@ -59,7 +59,16 @@ the floor). FloorBandit decides what to do with the rest:
   below the floor so far (each model's learning calls, times how much
   likelier than the safe arm it now looks to be below the floor) is at or
   above ``max_violation_rate * (calls + onboarding_calls)``. The user states
-  that rate; the budgets follow from it.
+  that rate; the budgets follow from it. The safe arm is read at its
+  posterior, its prior while it has no outcomes: at a high floor a uniform
+  prior says it probably does not clear either, so the allowance's
+  learning calls (which leave the safe arm idle) are priced at little until
+  its first outcomes arrive, and then at their full risk at once. Priced
+  as if the safe arm cleared from the start, the budget holds learning to
+  the stated rate but keeps far less of the savings (0.821 against 0.894
+  of the oracle's, at 0.97% against 1.17% of calls below the floor, on the
+  held-out shape: BENCHMARKS.md, issue 12, sixth pass); cautious mode does
+  that, and more.
 * **cautious mode** (``cautious=True``) spends less of that risk, for
   fewer savings (the trade-off is measured in BENCHMARKS.md, issue 12):
   a learning call keeps its pick with probability P(pick clears) **
