@@ -70,6 +70,16 @@ def _pct(xs: Sequence[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
+def phase_means(results: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Calls below the floor per stream in each phase, over ``results``
+    (Tally's replay results)."""
+    ph: dict[str, float] = {}
+    for r in results:
+        for k, v in r["violations_by_phase"].items():
+            ph[str(k)] = ph.get(str(k), 0.0) + v / len(results)
+    return ph
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--triples", default="ABC")
@@ -94,10 +104,7 @@ def main() -> None:
         sh = [r["oracle_savings_share"] for r in rs]
         vw = [100 * r["violation_rate"] for r in rs]
         va = [100 * r["violations"] / r["calls"] for r in rs]
-        ph: dict[str, float] = {}
-        for r in rs:
-            for k, v in r["violations_by_phase"].items():
-                ph[str(k)] = ph.get(str(k), 0.0) + v / len(rs)
+        ph = phase_means(rs)
         print(
             f"{t:6}  {statistics.mean(sh):.3f}      {_pct(sh, 0.1):.3f}  {_pct(sh, 0.9):.3f} | "
             f"{statistics.mean(vw):5.2f}%      {_pct(vw, 0.1):4.2f}%  {_pct(vw, 0.9):4.2f}% | "

@@ -41,7 +41,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_policy_dev import DATA, FALLBACK, _pct  # noqa: E402
+from bench_policy_dev import DATA, FALLBACK, _pct, phase_means  # noqa: E402
 
 from tally_core.eval.replay import EvalTable, read_table, replay  # noqa: E402
 from tally_core.policy.bandit import FloorBandit  # noqa: E402
@@ -186,13 +186,10 @@ def main() -> None:
         )
     if a.per_task:
         _print_per_task(triples, done)
-    phases: dict[str, int] = {}
-    for _, r in done:
-        for phase, n in r["violations_by_phase"].items():
-            phases[phase] = phases.get(phase, 0) + n
+    phases = phase_means([r for _, r in done])
     print(
         "calls below the floor per stream (from call 1), by phase: "
-        + ", ".join(f"{p} {n / len(done):.0f}" for p, n in sorted(phases.items()))
+        + (", ".join(f"{p} {n:.0f}" for p, n in sorted(phases.items())) or "none")
     )
     for name, pick in (
         ("all", rows),
