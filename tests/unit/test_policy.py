@@ -448,6 +448,17 @@ def test_learning_goes_to_the_cheapest_price_tier_first() -> None:
     cands = [Candidate("cheap", 0.0010, poor), Candidate("cheap2", 0.00105, poor),
              Candidate("dear", 0.0040, EMPTY_VIEW), Candidate("fb", 0.010, fb)]  # fmt: skip
     assert p.plan(cands, 0.8, "fb", memory=EMPTY_MEMORY).explore == ["dear"]
+    # A gate that needs 30 outcomes keeps them learnable on 12, not on 30.
+    patient = FloorBandit(learn_gate_obs=30)
+    assert set(patient.plan(cands, 0.8, "fb", memory=EMPTY_MEMORY).explore) == {"cheap", "cheap2"}
+    poor30 = view_from(bernoulli(0.6, 30))
+    assert prob_clears(poor30, 0.8) < patient.learn_gate
+    cands = [Candidate("cheap", 0.0010, poor30), Candidate("cheap2", 0.00105, poor30),
+             Candidate("dear", 0.0040, EMPTY_VIEW), Candidate("fb", 0.010, fb)]  # fmt: skip
+    assert patient.plan(cands, 0.8, "fb", memory=EMPTY_MEMORY).explore == ["dear"]
+    with pytest.raises(InvalidFieldError) as e:
+        FloorBandit(learn_gate_obs=0)
+    assert e.value.field == "learn_gate_obs"
     with pytest.raises(InvalidFieldError) as e:
         FloorBandit(learn_order="cheapest")
     assert e.value.field == "learn_order" and "cost, margin" in str(e.value)
