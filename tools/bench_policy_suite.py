@@ -22,6 +22,8 @@ floors can be learnt within 1% of calls after the warm-up, and the rest.
     python tools/bench_policy_suite.py --triples 16 --orders 8 --policy '{"cautious": true}'
     python tools/bench_policy_suite.py --triples 16 --orders 8 --hard-only
     python tools/bench_policy_suite.py --triples 16 --orders 8 --hard-only --per-task
+    python tools/bench_policy_suite.py --triples 16 --orders 8 --hard-only \
+        --policy '{"learn_gate_obs": 30}' --against defaults
 """
 
 from __future__ import annotations
@@ -152,6 +154,12 @@ def main() -> None:
     ap.add_argument("--policy", default="", help="FloorBandit keyword arguments as JSON")
     ap.add_argument("--procs", type=int, default=2)
     ap.add_argument(
+        "--against",
+        default=None,
+        help="also run this policy ('defaults' or JSON) on the same streams and print the "
+        "paired differences with their standard errors",
+    )
+    ap.add_argument(
         "--per-task",
         action="store_true",
         help="also each task type at each floor: its share of savings, its calls below the floor",
@@ -165,8 +173,11 @@ def main() -> None:
         for k, fl in enumerate(triples)
         for s in range(1, a.orders + 1)
     ]
+    against = None if a.against is None else ("" if a.against == "defaults" else a.against)
+    ref_jobs = [] if against is None else [(*j[:5], against) for j in jobs]
     with Pool(a.procs) as pool:
-        done = pool.map(_job, jobs)
+        done = pool.map(_job, jobs + ref_jobs)
+    done, ref = done[: len(jobs)], done[len(jobs) :]
     policy = a.policy or "defaults"
     print(f"{a.triples} triples x {a.orders} orders x {a.calls} calls, policy {policy}")
     print("triple  share mean  p10   | viol>w mean  p90   | difficulty>w | floors")
@@ -204,6 +215,36 @@ def main() -> None:
             f"violations {statistics.mean(r[1] for r in pick):.2f}% (mean of triple means), "
             f"all three targets met on {met}"
         )
+    sh = [r["oracle_savings_share"] for _, r in done]
+    vw = [100 * r["violation_rate"] for _, r in done]
+    print(
+        f"per stream ({len(done)}): share sd {_sd(sh):.3f} (standard error of the "
+        f"mean {_se(sh):.3f}), violations sd {_sd(vw):.2f} points ({_se(vw):.2f})"
+    )
+    if ref:
+        dsh = [
+            r["oracle_savings_share"] - q["oracle_savings_share"]
+            for (_, r), (_, q) in zip(done, ref, strict=True)
+        ]
+        dvw = [
+            100 * (r["violation_rate"] - q["violation_rate"])
+            for (_, r), (_, q) in zip(done, ref, strict=True)
+        ]
+        print(
+            f"against {a.against}, paired over the same {len(done)} streams: share "
+            f"{statistics.mean(dsh):+.3f} (standard error {_se(dsh):.3f}), violations "
+            f"{statistics.mean(dvw):+.2f} points ({_se(dvw):.2f})"
+        )
+
+
+def _sd(xs: list[float]) -> float:
+    """Sample standard deviation of ``xs`` (0 for fewer than two)."""
+    return statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def _se(xs: list[float]) -> float:
+    """Standard error of the mean of ``xs``."""
+    return _sd(xs) / len(xs) ** 0.5 if xs else 0.0
 
 
 def _print_per_task(
