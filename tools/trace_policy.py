@@ -72,8 +72,8 @@ class _Traced(FloorBandit):
                     },
                 ),
             )
-        elif memory.clock < self.allowance:
-            state = "allowance"
+        elif (memory.learn if self.cautious else memory.clock) < self.allowance:
+            state = "allowance"  # cautious mode counts the allowance in learning calls
         else:
             state = "resolve"
         self._state = (task, state, safe)
